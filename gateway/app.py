@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.gateway.test_app -*-
+"""The composition root: the only module that knows every concrete class.
+
+``make_service(config, reactor)`` builds one ``MultiService`` (database → directory → listeners);
+``run(home)`` installs the asyncio reactor — asyncssh shares its event loop — and runs it until
+SIGTERM or SIGINT, then stops the services in reverse order and exits 0.
+"""
+
+import asyncio
+import sys
+from datetime import datetime, timezone
+from typing import Callable
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from certs import tls as certs_tls
+from certs.x509 import load_key_and_certificate, read_file
+from gateway.config import Config
+from gateway.database_service import DatabaseService
+from gateway.directory_service import DirectoryService
+from gateway.listeners import Door, ListenerService
+from gateway.metrics import Metrics, operations_root
+from gateway.portal import PortalHome
+from partners.networks import NetworkSet, parse_network
+from protocols.as2.resource import AS2Resource
+from protocols.listen import AllowlistFactory, with_tls
+from spool.database import check_current, create_engine
+
+_log = Logger()
+
+
+def install_reactor():
+    """Install Twisted's asyncio reactor on a fresh loop (once), and return the reactor."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _site(root: resource.Resource) -> server.Site:
+    site = server.Site(root, timeout=60)
+    site.displayTracebacks = False
+    return site
+
+
+class PostroomService(MultiService):
+    """The daemon's root service; :attr:`metrics`, :attr:`directory` and :attr:`listeners` for tests."""
+
+    def __init__(self, config: Config, reactor, on_fatal: Callable[[Failure], None]):
+        super().__init__()
+        self.config = config
+        self.metrics = Metrics()
+        engine = create_engine(config.database_url)
+        check_current(engine)
+        self.db = DatabaseService(engine, reactor)
+        self.db.setServiceParent(self)
+        self.directory = DirectoryService(self.db, reactor, config.directory.reload_seconds, self.metrics)
+        self.directory.setServiceParent(self)
+        home = config.home
+        identity = load_key_and_certificate(
+            read_file(home.resolve(config.tls.private_key)),
+            read_file(home.resolve(config.tls.certificate)),
+            str(home.resolve(config.tls.private_key)),
+            str(home.resolve(config.tls.certificate)),
+        )
+        self.listeners = ListenerService(
+            reactor, self._doors(config, reactor, identity), home.ports_file, self.directory.when_ready, on_fatal
+        )
+        self.listeners.setServiceParent(self)
+
+    def _now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def _authorize_tls(self, cert) -> bool:
+        return self.directory.get().by_certificate("tls", cert, self._now()) is not None
+
+    def _guard(self, factory, door: str, extra: NetworkSet = NetworkSet()) -> AllowlistFactory:
+        def allowed(host: str) -> bool:
+            return self.directory.get().allows_anyone(host) or host in extra
+
+        return AllowlistFactory(factory, allowed, door, self.metrics.refused, self.metrics.accepted)
+
+    def _doors(self, config: Config, reactor, identity) -> list[Door]:
+        doors = []
+        if config.listen.as2:
+            root = resource.Resource()
+            root.putChild(b"as2", AS2Resource(self.directory.get, self._now))
+            mtls = certs_tls.ServerTLS(certs_tls.server_context(identity, self._authorize_tls, b"postroom-as2"))
+            doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, _site(root)), "as2")))
+        if config.listen.portal:
+            tls = certs_tls.ServerTLS(certs_tls.server_context(identity, None, b"postroom-portal"))
+            extra = NetworkSet(parse_network(n) for n in config.portal.allow_ips)
+            site = _site(PortalHome(config.gateway.name))
+            doors.append(Door("portal", config.listen.portal, self._guard(with_tls(tls, site), "portal", extra)))
+        if config.listen.metrics:
+            site = _site(operations_root(self.metrics, self.directory.health))
+            doors.append(Door("metrics", config.listen.metrics, site))
+        return doors
+
+
+def make_service(config: Config, reactor, on_fatal: Callable[[Failure], None]) -> PostroomService:
+    """Build the daemon for ``config`` (blocking checks — database schema, keys — happen here)."""
+    return PostroomService(config, reactor, on_fatal)
+
+
+def run(config: Config) -> int:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; the process exit code."""
+    reactor = install_reactor()
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    outcome = {"code": 0}
+
+    def fatal(failure: Failure) -> None:
+        _log.critical("cannot start: {error}", error=failure.getErrorMessage())
+        outcome["code"] = 1
+        if reactor.running:
+            reactor.stop()
+
+    service = make_service(config, reactor, fatal)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return outcome["code"]

@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.spool.test_database -*-
+"""Open the database the way Postroom needs it, and migrate it.
+
+SQLite is the embedded default: WAL mode so readers never block the writer, ``synchronous=FULL``
+because a WAL commit under ``NORMAL`` may roll back after a power loss, foreign keys on, and a busy
+timeout so the CLI and the daemon can share the file. PostgreSQL (``postgresql+psycopg://``) is the
+scale-out backend and needs none of this.
+"""
+
+from pathlib import Path
+
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or is not at the schema this code expects."""
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of an SQLite file."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def _configure_sqlite(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below own transactions
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.close()
+
+
+def _begin_sqlite(conn) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url`` with Postroom's durability settings applied to every connection."""
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except (sqlalchemy.exc.ArgumentError, ImportError) as e:
+        raise DatabaseError(f"cannot use database_url {url!r}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "begin", _begin_sqlite)
+    return engine
+
+
+def _alembic_config(connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it already is)."""
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "head")
+
+
+def head_revision() -> str:
+    """The newest migration this code ships."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def check_current(engine: Engine) -> None:
+    """:raises DatabaseError: unless the schema is at :func:`head_revision` (run ``postroom init`` or migrate)."""
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except sqlalchemy.exc.OperationalError as e:
+        raise DatabaseError(f"cannot open the database: {e.orig}") from None
+    if current != head_revision():
+        raise DatabaseError(
+            f"database schema is at {current or 'nothing'}, this Postroom needs {head_revision()}; "
+            "run `postroom db upgrade`"
+        )

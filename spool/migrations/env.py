@@ -1,0 +1,15 @@
+"""Alembic environment: always run on the connection :mod:`spool.database` hands in."""
+
+from alembic import context
+
+from partners.schema import metadata as partners_metadata
+
+target_metadata = [partners_metadata]
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=target_metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+context.run_migrations()
