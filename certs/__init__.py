@@ -4,4 +4,4 @@ Pure: no reactor, no database. Every failure is a :class:`certs.errors.Certifica
 whose message names the file and what is wrong with it.
 """
 
-__all__ = ["errors", "x509", "ssh", "devca", "tls", "files"]
+__all__ = ["devca", "errors", "files", "ssh", "tls", "x509"]

@@ -7,7 +7,7 @@ It is not a production CA: no revocation, no policy, keys on local disk.
 """
 
 import ipaddress
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Iterable
 
@@ -109,7 +109,7 @@ class DevCA:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if (directory / "ca.key").exists():
             raise CertificateError(f"{directory / 'ca.key'} already exists; not replacing a CA")
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         key = new_rsa_key(key_bits)
         subject = _name(name)
         cert = (
@@ -148,7 +148,7 @@ class DevCA:
         if usage not in USAGES:
             raise CertificateError(f"unknown usage {usage!r}; choose one of {', '.join(USAGES)}")
         key = key or new_rsa_key(self.key_bits)
-        start = not_before or datetime.now(timezone.utc) - timedelta(minutes=5)
+        start = not_before or datetime.now(UTC) - timedelta(minutes=5)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))

@@ -12,9 +12,9 @@ from typing import Callable
 
 from cryptography import x509
 from OpenSSL import SSL
-from zope.interface import implementer
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from certs.x509 import KeyAndCertificate
 

@@ -8,7 +8,7 @@ the problem in one sentence ("acme.pem holds a private key, not a certificate").
 
 import hashlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,7 +16,7 @@ import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certs.errors import (
@@ -119,7 +119,7 @@ def load_private_key(data: bytes, source: str = "<data>", password: bytes | None
         if password is not None and ("decrypt" in str(e).lower() or "password" in str(e).lower()):
             raise WrongPasswordError(f"{source}: wrong password") from None
         raise CertificateError(f"{source} is not a readable PEM or DER private key") from None
-    if isinstance(key, dh.DHPrivateKey) or not isinstance(key, PrivateKey):
+    if not isinstance(key, PrivateKey):
         raise CertificateError(f"{source}: unsupported key type {type(key).__name__}")
     return key
 
@@ -198,7 +198,7 @@ def to_pem(cert: Certificate) -> bytes:
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, for validity checks at the edge."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def check_validity(cert: Certificate, now: datetime, source: str = "certificate") -> None:
@@ -230,7 +230,9 @@ def issued_by(cert: Certificate, ca: Certificate) -> bool:
     return True
 
 
-def check_issued_by(cert: Certificate, cas: Iterable[Certificate], now: datetime, source: str = "certificate") -> Certificate:
+def check_issued_by(
+    cert: Certificate, cas: Iterable[Certificate], now: datetime, source: str = "certificate"
+) -> Certificate:
     """Check ``cert`` is within its validity window and directly issued by one of ``cas``.
 
     Partners register the CA that issues their certificates (the issuing intermediate, not a public

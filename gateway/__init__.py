@@ -1,3 +1,3 @@
 """The daemon: configuration, service composition, doors' shared plumbing, health and metrics."""
 
-__all__ = ["app", "config", "home", "listeners", "metrics", "directory_service"]
+__all__ = ["app", "config", "directory_service", "home", "listeners", "metrics"]

@@ -8,7 +8,7 @@ SIGTERM or SIGINT, then stops the services in reverse order and exits 0.
 
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Callable
 
 from twisted.application.service import MultiService
@@ -48,6 +48,7 @@ def install_reactor():
 def _site(root: resource.Resource) -> server.Site:
     site = server.Site(root, timeout=60)
     site.displayTracebacks = False
+    site.noisy = False
     return site
 
 
@@ -77,12 +78,14 @@ class PostroomService(MultiService):
         self.listeners.setServiceParent(self)
 
     def _now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def _authorize_tls(self, cert) -> bool:
         return self.directory.get().by_certificate("tls", cert, self._now()) is not None
 
-    def _guard(self, factory, door: str, extra: NetworkSet = NetworkSet()) -> AllowlistFactory:
+    def _guard(self, factory, door: str, extra: NetworkSet | None = None) -> AllowlistFactory:
+        extra = extra or NetworkSet()
+
         def allowed(host: str) -> bool:
             return self.directory.get().allows_anyone(host) or host in extra
 

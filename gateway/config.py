@@ -187,7 +187,9 @@ def parse(data: dict, home: Home, source: str = "postroom.toml") -> Config:
             if key not in fields:
                 raise ConfigError(f"{source}: unknown key {key!r} in [{name}]; known: {', '.join(fields)}")
             expected = fields[key].type
-            values[key] = _check_type(f"{source}: [{name}]", key, raw, expected if expected in (int, float, bool, str) else list)
+            if expected not in (int, float, bool, str):
+                expected = list
+            values[key] = _check_type(f"{source}: [{name}]", key, raw, expected)
         sections[name] = cls(**values)
     config = Config(home=home, **sections)
     if config.directory.reload_seconds <= 0:

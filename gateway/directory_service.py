@@ -74,7 +74,7 @@ class DirectoryService(Service):
         age = self._clock.seconds() - self.last_success
         details = {"directory_version": self.current.version, "directory_age_seconds": round(age, 1)}
         if age > 3 * self._interval + 5:
-            return False, details | {"reason": "the database has not answered for %d s" % age}
+            return False, details | {"reason": f"the database has not answered for {age:.0f} s"}
         return True, details
 
     def _poll(self) -> Deferred:

@@ -32,4 +32,4 @@ class PortalHome(resource.Resource):
         return (
             f"<!doctype html><html lang=en><meta charset=utf-8><title>{name}</title>"
             f"<h1>{name}</h1><p>The recipient portal is not open yet.</p></html>\n"
-        ).encode("utf-8")
+        ).encode()

@@ -32,7 +32,7 @@ class Partner:
     active: bool
     deliver: str = "mailbox"
     as2_url: str | None = None
-    policy: Policy = Policy()
+    policy: Policy = attrs.field(factory=Policy)
     as2_ids: tuple[str, ...] = ()
     participant_ids: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()

@@ -41,7 +41,7 @@ class NewPartner:
     ssh_keys: tuple[SSHPublicKey, ...] = ()
     deliver: str = "mailbox"
     as2_url: str | None = None
-    policy: Policy = Policy()
+    policy: Policy = attrs.field(factory=Policy)
 
 
 def directory_version(conn: Connection) -> int:

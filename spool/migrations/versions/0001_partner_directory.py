@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -88,7 +88,7 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.bulk_insert(state, [{"id": 1, "version": 0, "changed_at": datetime.now(timezone.utc)}])
+    op.bulk_insert(state, [{"id": 1, "version": 0, "changed_at": datetime.now(UTC)}])
 
 
 def downgrade() -> None:

@@ -1,0 +1,406 @@
+# -*- test-case-name: tests.admin.test_cli -*-
+"""The ``postroom`` command (DESIGN.md §4).
+
+Exit codes: 0 done, 1 refused with one sentence on stderr saying why (nothing was changed), 2 usage.
+Every listing and ``show`` takes ``--json``; a listing then prints an array of objects with an ``id``.
+"""
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import sqlalchemy.exc
+
+from admin.initialise import HomeError, initialise
+from admin.output import emit_json, emit_record, emit_table
+from certs import x509 as certs_x509
+from certs.devca import DevCA
+from certs.errors import CertificateError
+from certs.ssh import parse_public_key
+from gateway.config import Config, ConfigError, ListenSection, load
+from gateway.home import Home
+from partners import store
+from partners.errors import PartnerError
+from partners.identifiers import DELIVERY_MODES
+from partners.networks import parse_network
+from spool.database import DatabaseError, check_current, create_engine, upgrade
+
+USER_ERRORS = (CertificateError, PartnerError, ConfigError, DatabaseError, HomeError)
+
+
+class Context:
+    """What every subcommand needs: the home, and (lazily) its config and database."""
+
+    def __init__(self, home: Home):
+        self.home = home
+        self._config: Config | None = None
+        self._engine = None
+
+    @property
+    def config(self) -> Config:
+        """The home's configuration."""
+        if self._config is None:
+            self._config = load(self.home)
+        return self._config
+
+    @property
+    def engine(self):
+        """The database, checked to be at the schema this code expects."""
+        if self._engine is None:
+            self._engine = create_engine(self.config.database_url)
+            check_current(self._engine)
+        return self._engine
+
+    def transaction(self):
+        """One transaction: the whole change or nothing."""
+        return self.engine.begin()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def now() -> datetime:
+    """The time changes are stamped with."""
+    return datetime.now(UTC)
+
+
+def read_certificate(path: str) -> certs_x509.Certificate:
+    """The certificate in a PEM or DER file (the leaf of a bundle)."""
+    return certs_x509.load_certificate(certs_x509.read_file(path), path)
+
+
+def read_ssh_key(value: str):
+    """An SSH public key given as a ``.pub`` file or as the key line itself."""
+    if value.startswith(("ssh-", "ecdsa-")):
+        return parse_public_key(value, "the key given")
+    return parse_public_key(certs_x509.read_file(value).decode("utf-8", "replace"), value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", "home", envvar="POSTROOM_HOME", default="./var", show_default=True,
+              type=click.Path(file_okay=False), help="Postroom home directory (env POSTROOM_HOME).")
+@click.pass_context
+def cli(ctx: click.Context, home: str) -> None:
+    """Postroom: a secure B2B e-invoice exchange gateway."""
+    ctx.obj = Context(Home(home))
+
+
+# -- home and daemon --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--demo", is_flag=True, help="Add two demo partners with keys under HOME/demo/.")
+@click.option("--force", is_flag=True, help="Delete an existing home's config, keys, database and spool first.")
+@click.option("--hostname", default="localhost", show_default=True, help="The gateway's host name.")
+@click.option("--as2-id", default="POSTROOM", show_default=True, help="The gateway's own AS2 ID.")
+@click.option("--name", default="Postroom", show_default=True, help="The gateway's display name.")
+@click.option("--ephemeral-ports", is_flag=True, help="Listen on tcp:0 (free ports, see run/ports.json).")
+@pass_ctx
+def init(c: Context, demo: bool, force: bool, hostname: str, as2_id: str, name: str, ephemeral_ports: bool) -> None:
+    """Create the home: postroom.toml, the gateway's keys (pki/), spool/ and the database."""
+    listen = ListenSection()
+    if ephemeral_ports:
+        listen = ListenSection(**{k: "tcp:0:interface=127.0.0.1" for k in ("as2", "portal", "sftp", "smtp", "metrics")})
+    for line in initialise(c.home, demo=demo, force=force, hostname=hostname, as2_id=as2_id, name=name, listen=listen):
+        click.echo(line)
+
+
+@cli.command()
+@pass_ctx
+def serve(c: Context) -> None:
+    """Run the gateway in the foreground until SIGTERM or SIGINT."""
+    from gateway.app import run
+
+    config = c.config
+    create_engine_checked = create_engine(config.database_url)
+    check_current(create_engine_checked)
+    create_engine_checked.dispose()
+    sys.exit(run(config))
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(c: Context) -> None:
+    """Migrate the database to the schema this Postroom needs."""
+    engine = create_engine(c.config.database_url)
+    upgrade(engine)
+    click.echo("database is up to date")
+
+
+# -- partners ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def partner() -> None:
+    """Trading partners: identifiers, allowlists, certificates, SSH keys."""
+
+
+@partner.command("add")
+@click.argument("partner_id", metavar="ID")
+@click.option("--name", required=True, help="Display name.")
+@click.option("--as2-id", multiple=True, help="The partner's AS2 ID (repeatable).")
+@click.option("--participant-id", multiple=True, metavar="SCHEME:VALUE", help="Routing ID, e.g. 0088:5798000000001.")
+@click.option("--email", multiple=True, help="Address the partner sends mail from (repeatable).")
+@click.option("--allow-ip", multiple=True, metavar="CIDR", help="Source network allowed to connect (repeatable).")
+@click.option("--tls-cert", multiple=True, metavar="PEM", help="TLS client certificate or issuing CA.")
+@click.option("--sign-cert", multiple=True, metavar="PEM", help="Signing certificate (S/MIME, XML-DSig).")
+@click.option("--encrypt-cert", multiple=True, metavar="PEM", help="Certificate to encrypt to the partner.")
+@click.option("--ssh-key", multiple=True, metavar="PUB", help="SSH public key file or line for SFTP.")
+@click.option("--deliver", type=click.Choice(DELIVERY_MODES), default="mailbox", show_default=True)
+@click.option("--as2-url", help="https:// URL to push AS2 messages to (with --deliver as2).")
+@pass_ctx
+def partner_add(c: Context, partner_id, name, as2_id, participant_id, email, allow_ip, tls_cert, sign_cert,
+                encrypt_cert, ssh_key, deliver, as2_url) -> None:
+    """Register a partner; everything is checked before anything is written."""
+    certificates = tuple(
+        (usage, read_certificate(path))
+        for usage, paths in (("tls", tls_cert), ("sign", sign_cert), ("encrypt", encrypt_cert))
+        for path in paths
+    )
+    new = store.NewPartner(
+        id=partner_id, name=name, as2_ids=as2_id, participant_ids=participant_id, emails=email,
+        networks=tuple(parse_network(n) for n in allow_ip), certificates=certificates,
+        ssh_keys=tuple(read_ssh_key(k) for k in ssh_key), deliver=deliver, as2_url=as2_url,
+    )
+    with c.transaction() as conn:
+        store.add_partner(conn, new, now())
+    click.echo(f"partner {partner_id} added")
+    if not allow_ip:
+        click.echo(f"note: {partner_id} has no allowed networks yet; add one with `postroom partner allow-ip`",
+                   err=True)
+
+
+@partner.command("list")
+@json_option
+@pass_ctx
+def partner_list(c: Context, as_json: bool) -> None:
+    """All partners."""
+    with c.transaction() as conn:
+        rows = store.list_partners(conn)
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(rows, ["id", "name", "status", "deliver", "as2_ids", "allow_ips", "certificates", "ssh_keys"])
+
+
+@partner.command("show")
+@click.argument("partner_id", metavar="ID")
+@json_option
+@pass_ctx
+def partner_show(c: Context, partner_id: str, as_json: bool) -> None:
+    """One partner in full."""
+    with c.transaction() as conn:
+        record = store.show_partner(conn, partner_id)
+    emit_json(record) if as_json else emit_record(record)
+
+
+def _status_command(status: str, verb: str):
+    @click.argument("partner_id", metavar="ID")
+    @pass_ctx
+    def command(c: Context, partner_id: str) -> None:
+        with c.transaction() as conn:
+            store.set_status(conn, partner_id, status, now())
+        click.echo(f"partner {partner_id} {verb}")
+
+    command.__doc__ = f"Mark a partner {status}; running daemons follow within seconds."
+    return command
+
+
+partner.command("disable")(_status_command("disabled", "disabled"))
+partner.command("enable")(_status_command("active", "enabled"))
+
+
+@partner.command("remove")
+@click.argument("partner_id", metavar="ID")
+@pass_ctx
+def partner_remove(c: Context, partner_id: str) -> None:
+    """Delete a partner and everything registered to it."""
+    with c.transaction() as conn:
+        store.remove_partner(conn, partner_id, now())
+    click.echo(f"partner {partner_id} removed")
+
+
+@partner.command("allow-ip")
+@click.argument("partner_id", metavar="ID")
+@click.argument("cidr")
+@pass_ctx
+def partner_allow_ip(c: Context, partner_id: str, cidr: str) -> None:
+    """Allow connections from a network (CIDR or single address)."""
+    network = parse_network(cidr)
+    with c.transaction() as conn:
+        added = store.allow_ip(conn, partner_id, network, now())
+    click.echo(f"{network} {'allowed' if added else 'was already allowed'} for {partner_id}")
+
+
+@partner.command("deny-ip")
+@click.argument("partner_id", metavar="ID")
+@click.argument("cidr")
+@pass_ctx
+def partner_deny_ip(c: Context, partner_id: str, cidr: str) -> None:
+    """Remove a network from the partner's allowlist."""
+    network = parse_network(cidr)
+    with c.transaction() as conn:
+        store.deny_ip(conn, partner_id, network, now())
+    click.echo(f"{network} no longer allowed for {partner_id}")
+
+
+@partner.command("policy")
+@click.argument("partner_id", metavar="ID")
+@click.argument("settings", nargs=-1, metavar="[NAME=true|false]...")
+@json_option
+@pass_ctx
+def partner_policy(c: Context, partner_id: str, settings: tuple[str, ...], as_json: bool) -> None:
+    """Show a partner's policy, or change it with NAME=true|false."""
+    with c.transaction() as conn:
+        policy = store.get_policy(conn, partner_id)
+        for setting in settings:
+            policy = policy.with_setting(setting)
+        if settings:
+            store.set_policy(conn, partner_id, policy, now())
+    emit_json(policy.to_json()) if as_json else emit_record(policy.to_json())
+
+
+@partner.group("cert")
+def partner_cert() -> None:
+    """A partner's certificates."""
+
+
+@partner_cert.command("add")
+@click.argument("partner_id", metavar="ID")
+@click.argument("pem", metavar="PEM")
+@click.option("--usage", type=click.Choice(store.CERT_USAGES), required=True)
+@pass_ctx
+def partner_cert_add(c: Context, partner_id: str, pem: str, usage: str) -> None:
+    """Register a certificate (a CA certificate vouches for every certificate it issues)."""
+    cert = read_certificate(pem)
+    with c.transaction() as conn:
+        fp = store.add_certificate(conn, partner_id, usage, cert, now())
+    kind = "CA certificate" if certs_x509.is_ca(cert) else "certificate"
+    click.echo(f"{usage} {kind} {fp} added to {partner_id}")
+
+
+@partner_cert.command("list")
+@click.argument("partner_id", metavar="ID")
+@json_option
+@pass_ctx
+def partner_cert_list(c: Context, partner_id: str, as_json: bool) -> None:
+    """A partner's certificates with fingerprints and validity."""
+    with c.transaction() as conn:
+        rows = store.list_certificates(conn, partner_id)
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(rows, ["usage", "fingerprint", "ca", "subject", "not_after"])
+
+
+@partner_cert.command("remove")
+@click.argument("partner_id", metavar="ID")
+@click.argument("fingerprint")
+@pass_ctx
+def partner_cert_remove(c: Context, partner_id: str, fingerprint: str) -> None:
+    """Unregister a certificate by its SHA-256 fingerprint."""
+    with c.transaction() as conn:
+        store.remove_certificate(conn, partner_id, fingerprint, now())
+    click.echo(f"certificate removed from {partner_id}")
+
+
+@partner.group("ssh-key")
+def partner_ssh_key() -> None:
+    """A partner's SSH public keys (SFTP)."""
+
+
+@partner_ssh_key.command("add")
+@click.argument("partner_id", metavar="ID")
+@click.argument("pub", metavar="PUB")
+@pass_ctx
+def partner_ssh_key_add(c: Context, partner_id: str, pub: str) -> None:
+    """Register an SSH public key (.pub file or key line)."""
+    key = read_ssh_key(pub)
+    with c.transaction() as conn:
+        fp = store.add_ssh_key(conn, partner_id, key, now())
+    click.echo(f"SSH key {fp} added to {partner_id}")
+
+
+@partner_ssh_key.command("remove")
+@click.argument("partner_id", metavar="ID")
+@click.argument("fingerprint")
+@pass_ctx
+def partner_ssh_key_remove(c: Context, partner_id: str, fingerprint: str) -> None:
+    """Unregister an SSH key by its SHA256: fingerprint."""
+    with c.transaction() as conn:
+        store.remove_ssh_key(conn, partner_id, fingerprint, now())
+    click.echo(f"SSH key removed from {partner_id}")
+
+
+# -- PKI --------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def pki() -> None:
+    """The gateway's certificates and the development CA."""
+
+
+@pki.command("export")
+@click.option("--usage", type=click.Choice(["tls", "sign", "encrypt"]), required=True)
+@pass_ctx
+def pki_export(c: Context, usage: str) -> None:
+    """Print the gateway's public certificate for USAGE (PEM) to give to partners."""
+    config = c.config
+    path = {
+        "tls": config.tls.certificate,
+        "sign": config.identity.sign_certificate,
+        "encrypt": config.identity.encrypt_certificate,
+    }[usage]
+    full = c.home.resolve(path)
+    certs = certs_x509.load_certificates(certs_x509.read_file(full), str(full))
+    click.echo(b"".join(certs_x509.to_pem(cert) for cert in certs).decode("ascii"), nl=False)
+
+
+@pki.command("issue")
+@click.argument("name")
+@click.option("--usage", type=click.Choice(["tls-client", "tls-server", "sign", "encrypt"]), required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for NAME.key and NAME.crt.")
+@click.option("--hostname", multiple=True, help="DNS name or IP for a tls-server certificate.")
+@click.option("--email", multiple=True, help="Email address for a sign/encrypt certificate.")
+@click.option("--days", default=825, show_default=True, type=click.IntRange(1, 3650))
+@pass_ctx
+def pki_issue(c: Context, name: str, usage: str, out_dir: str, hostname, email, days: int) -> None:
+    """Issue a key and certificate from the home's dev CA (demo and tests only)."""
+    ca = DevCA.load(c.home.dev_ca)
+    issued = ca.issue(name, usage, Path(out_dir), hostnames=hostname, emails=email, days=days)
+    click.echo(f"key:         {issued.key_path}")
+    click.echo(f"certificate: {issued.cert_path}")
+    click.echo(f"fingerprint: {certs_x509.fingerprint(issued.certificate)}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 1."""
+    os.umask(0o077)  # databases, spool files and logs are the owner's alone
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("postroom: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except USER_ERRORS as e:
+        click.echo(f"postroom: error: {e}", err=True)
+        sys.exit(1)
+    except sqlalchemy.exc.IntegrityError as e:
+        click.echo(f"postroom: error: the change conflicts with another one made at the same time: {e.orig}", err=True)
+        sys.exit(1)
+    except sqlalchemy.exc.OperationalError as e:
+        click.echo(f"postroom: error: database: {e.orig}", err=True)
+        sys.exit(1)
