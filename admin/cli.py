@@ -79,7 +79,31 @@ def read_ssh_key(value: str):
     return parse_public_key(certs_x509.read_file(value).decode("utf-8", "replace"), value)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UserError(click.ClickException):
+    """A refusal the admin can fix: one line on stderr, exit status 1."""
+
+    def format_message(self) -> str:
+        return self.message
+
+    def show(self, file=None) -> None:
+        click.echo(f"postroom: error: {self.format_message()}", err=True)
+
+
+class PostroomGroup(click.Group):
+    """Turns every typed refusal from the libraries into a :class:`UserError`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            raise UserError(str(e)) from e
+        except sqlalchemy.exc.IntegrityError as e:
+            raise UserError(f"the change conflicts with another one made at the same time: {e.orig}") from e
+        except sqlalchemy.exc.OperationalError as e:
+            raise UserError(f"database: {e.orig}") from e
+
+
+@click.group(cls=PostroomGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", "home", envvar="POSTROOM_HOME", default="./var", show_default=True,
               type=click.Path(file_okay=False), help="Postroom home directory (env POSTROOM_HOME).")
 @click.pass_context
@@ -383,24 +407,6 @@ def pki_issue(c: Context, name: str, usage: str, out_dir: str, hostname, email, 
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+    """Console entry point."""
     os.umask(0o077)  # databases, spool files and logs are the owner's alone
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("postroom: aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except USER_ERRORS as e:
-        click.echo(f"postroom: error: {e}", err=True)
-        sys.exit(1)
-    except sqlalchemy.exc.IntegrityError as e:
-        click.echo(f"postroom: error: the change conflicts with another one made at the same time: {e.orig}", err=True)
-        sys.exit(1)
-    except sqlalchemy.exc.OperationalError as e:
-        click.echo(f"postroom: error: database: {e.orig}", err=True)
-        sys.exit(1)
+    cli(prog_name="postroom")
