@@ -60,7 +60,11 @@ class PostroomService(MultiService):
         self.config = config
         self.metrics = Metrics()
         engine = create_engine(config.database_url)
-        check_current(engine)
+        try:
+            check_current(engine)
+        except Exception:
+            engine.dispose()
+            raise
         self.db = DatabaseService(engine, reactor)
         self.db.setServiceParent(self)
         self.directory = DirectoryService(self.db, reactor, config.directory.reload_seconds, self.metrics)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -71,7 +71,7 @@ class ListenerService(Service):
             self._starting.cancel()
         self._ports_file.unlink(missing_ok=True)
         for name, port in list(self.ports.items()):
-            await port.stopListening()
+            await maybeDeferred(port.stopListening)  # may return a Deferred, or None
             del self.ports[name]
 
     def stopService(self) -> Deferred:

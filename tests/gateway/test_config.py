@@ -51,7 +51,7 @@ def test_absolute_and_postgres_urls_are_kept(tmp_path):
 
 def test_missing_file_says_to_run_init(tmp_path):
     """Without postroom.toml the error tells the admin the command that creates it."""
-    with pytest.raises(ConfigError, match="run `postroom --home .* init` first"):
+    with pytest.raises(ConfigError, match=r"run `postroom --home .* init` first"):
         load(Home(tmp_path))
 
 

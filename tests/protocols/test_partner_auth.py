@@ -1,0 +1,110 @@
+"""Tests for :mod:`protocols.partner_auth` and the ``/as2`` resource, with in-memory requests."""
+
+from datetime import UTC, datetime
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
+
+from partners.directory import Partner, PartnerDirectory
+from partners.networks import NetworkSet, parse_network
+from protocols.as2.resource import AS2Resource
+from protocols.partner_auth import PartnerAuthError, authenticate
+
+
+class _PeerCert:
+    """What TLSMemoryBIOProtocol.getPeerCertificate returns: a pyOpenSSL X509 wrapper."""
+
+    def __init__(self, cert):
+        self._cert = cert
+
+    def to_cryptography(self):
+        return self._cert
+
+
+class _TLSTransport(DummyChannel.TCP):
+    """A channel transport with an optional verified peer certificate."""
+
+    def __init__(self, cert):
+        super().__init__()
+        self._peer_cert = _PeerCert(cert) if cert is not None else None
+
+    def getPeerCertificate(self):
+        return self._peer_cert
+
+
+def request(cert, host="192.0.2.10", method=b"POST") -> DummyRequest:
+    channel = DummyChannel()
+    channel.transport = _TLSTransport(cert)
+    req = DummyRequest([b""])
+    req.channel = channel
+    req.method = method
+    req.client = IPv4Address("TCP", host, 50000)
+    return req
+
+
+@pytest.fixture(scope="module")
+def acme_cert(dev_ca):
+    return dev_ca.build("acme", "tls-client")[1]
+
+
+@pytest.fixture(scope="module")
+def directory(acme_cert) -> PartnerDirectory:
+    acme = Partner("acme", "ACME", True, networks=NetworkSet([parse_network("192.0.2.0/24")]),
+                   certificates={"tls": (acme_cert,)})
+    return PartnerDirectory.build(1, [acme])
+
+
+NOW = datetime.now(UTC)
+
+
+def test_registered_certificate_from_its_partners_network_authenticates(directory, acme_cert):
+    """Certificate and source address together identify acme."""
+    assert authenticate(request(acme_cert), directory, NOW).id == "acme"
+
+
+def test_missing_certificate_is_refused(directory):
+    """No verified peer certificate: refused with a reason saying so."""
+    with pytest.raises(PartnerAuthError, match="client certificate is required"):
+        authenticate(request(None), directory, NOW)
+
+
+def test_unregistered_certificate_is_refused(directory, other_ca):
+    """A certificate nobody registered identifies nobody."""
+    with pytest.raises(PartnerAuthError, match="not registered to an active partner"):
+        authenticate(request(other_ca.build("x", "tls-client")[1]), directory, NOW)
+
+
+def test_address_outside_the_partners_own_allowlist_is_refused(directory, acme_cert):
+    """Even a valid certificate is refused from an address its partner did not allow."""
+    with pytest.raises(PartnerAuthError, match=r"198\.51\.100\.1 is not in the allowlist of partner acme"):
+        authenticate(request(acme_cert, host="198.51.100.1"), directory, NOW)
+
+
+def test_as2_resource_answers_403_501_and_405(directory, acme_cert):
+    """/as2 refuses strangers with 403 and a reason, takes only POST, and says 501 until the door lands."""
+    resource = AS2Resource(lambda: directory, lambda: NOW)
+    forbidden = request(acme_cert, host="198.51.100.1")
+    body = resource.render(forbidden)
+    assert forbidden.responseCode == 403 and b"allowlist of partner acme" in body
+    get = request(acme_cert, method=b"GET")
+    resource.render(get)
+    assert get.responseCode == 405 and get.responseHeaders.getRawHeaders(b"allow") == [b"POST"]
+    post = request(acme_cert)
+    body = resource.render(post)
+    assert post.responseCode == 501 and b"acme" in body
+
+
+def test_as2_resource_reads_the_directory_on_every_request(directory, acme_cert):
+    """A partner disabled while a connection stays open is refused on its next request."""
+    current = {"d": directory}
+    resource = AS2Resource(lambda: current["d"], lambda: NOW)
+    first = request(acme_cert)
+    resource.render(first)
+    assert first.responseCode == 501
+    disabled = Partner("acme", "ACME", False, networks=NetworkSet([parse_network("192.0.2.0/24")]),
+                       certificates={"tls": (acme_cert,)})
+    current["d"] = PartnerDirectory.build(2, [disabled])
+    second = request(acme_cert)
+    resource.render(second)
+    assert second.responseCode == 403
