@@ -73,8 +73,8 @@ def read_certificate(path: str) -> certs_x509.Certificate:
 
 
 def read_ssh_key(value: str):
-    """An SSH public key given as a ``.pub`` file or as the key line itself."""
-    if value.startswith(("ssh-", "ecdsa-")):
+    """An SSH public key given as a ``.pub`` file or as the key line itself (``TYPE BASE64 [COMMENT]``)."""
+    if value.startswith(("ssh-", "ecdsa-")) and len(value.split()) >= 2 and not os.path.isfile(value):
         return parse_public_key(value, "the key given")
     return parse_public_key(certs_x509.read_file(value).decode("utf-8", "replace"), value)
 
