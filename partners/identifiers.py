@@ -15,7 +15,7 @@ DELIVERY_MODES = ("mailbox", "as2", "sftp", "email")
 
 def partner_id(value: str) -> str:
     """Partner IDs double as SFTP user names and mailbox local parts: lowercase, no spaces."""
-    if not _PARTNER_ID.match(value):
+    if not _PARTNER_ID.fullmatch(value):
         raise InvalidValueError(
             f"partner ID {value!r} must be 1-63 characters of a-z, 0-9, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -35,7 +35,7 @@ def as2_id(value: str) -> str:
 def participant_id(value: str) -> str:
     """``SCHEME:VALUE`` such as ``0088:5798000000001``; case-insensitive as in Peppol, kept lowercase."""
     scheme, sep, ident = value.strip().partition(":")
-    if not sep or not _SCHEME.match(scheme) or not ident or any(c.isspace() for c in ident):
+    if not sep or not _SCHEME.fullmatch(scheme) or not ident or any(c.isspace() for c in ident):
         raise InvalidValueError(
             f"participant ID {value!r} must look like SCHEME:VALUE, e.g. 0088:5798000000001"
         )
@@ -45,15 +45,18 @@ def participant_id(value: str) -> str:
 def email(value: str) -> str:
     """A bare address (no display name); compared case-insensitively, kept lowercase."""
     address = value.strip()
-    if not _EMAIL.match(address) or ".." in address or address.endswith("."):
+    if not _EMAIL.fullmatch(address) or ".." in address or address.endswith("."):
         raise InvalidValueError(f"{value!r} is not an email address like invoices@example.com")
     return address.lower()
 
 
 def https_url(value: str) -> str:
     """Push endpoints must be HTTPS: invoices never travel in clear text."""
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme != "https" or not parts.hostname:
         raise InvalidValueError(f"{value!r} must be an https:// URL")
     return value
 
