@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the product needs at run time, and what the tests drive it with.
 RUN_DEBS  := openssl ca-certificates
-TEST_DEBS := $(RUN_DEBS) curl
+TEST_DEBS := $(RUN_DEBS) curl postgresql
 
 .PHONY: run test lint clean venv debs-run debs-test
 

@@ -68,3 +68,15 @@ def demo_home(demo_home_template, tmp_path) -> Home:
     target = tmp_path / "home"
     shutil.copytree(demo_home_template, target, symlinks=True)
     return Home(target)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a throwaway PostgreSQL database, started once per session and stopped after it."""
+    from tests.postgres import ThrowawayPostgres
+
+    server = ThrowawayPostgres()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
