@@ -72,6 +72,7 @@ def normalize_fingerprint(text: str) -> str:
     value = text.strip()
     if value.upper().startswith("SHA256:"):
         value = value[7:]
+    value = value.rstrip("=")  # ssh-keygen prints no padding; other tools do
     try:
         raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
     except ValueError:
