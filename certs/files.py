@@ -2,6 +2,7 @@
 """Write secrets and public files atomically, with the right permissions from the first byte."""
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -12,7 +13,9 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     not even for an instant. Readers see the old file or the new one, never half of either.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unpredictable, not PID-based: a writer killed mid-way leaves its temporary file behind, and a
+    # restarted daemon (same PID in a container) or a second thread must not collide with it.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
