@@ -24,6 +24,7 @@ from partners.policy import Policy
 from partners.schema import allowlist, certificates, directory_state, identifiers, partners, ssh_keys
 
 CERT_USAGES = ("tls", "sign", "encrypt")
+STATUSES = ("active", "disabled")
 _IDENTIFIER_LABEL = {"as2": "AS2 ID", "participant": "participant ID", "email": "email address"}
 
 
@@ -114,6 +115,8 @@ def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
 def add_identifier(conn: Connection, partner_id: str, kind: str, value: str, now: datetime) -> str:
     """Register an AS2 ID, participant ID or email address; each names one partner only."""
     _require(conn, partner_id)
+    if kind not in _IDENTIFIER_LABEL:
+        raise InvalidValueError(f"identifier kind {kind!r} must be one of {', '.join(_IDENTIFIER_LABEL)}")
     normal = {"as2": ids.as2_id, "participant": ids.participant_id, "email": ids.email}[kind](value)
     owner = conn.execute(
         select(identifiers.c.partner_id).where(identifiers.c.kind == kind, identifiers.c.value == normal)
@@ -128,6 +131,8 @@ def add_identifier(conn: Connection, partner_id: str, kind: str, value: str, now
 def set_status(conn: Connection, partner_id: str, status: str, now: datetime) -> None:
     """Enable (``active``) or disable a partner; a disabled partner is refused at every door."""
     _require(conn, partner_id)
+    if status not in STATUSES:
+        raise InvalidValueError(f"status {status!r} must be one of {', '.join(STATUSES)}")
     conn.execute(update(partners).where(partners.c.id == partner_id).values(status=status))
     _touch(conn, partner_id, now)
 
