@@ -122,13 +122,17 @@ def cli(ctx: click.Context, home: str) -> None:
 @click.option("--as2-id", default="POSTROOM", show_default=True, help="The gateway's own AS2 ID.")
 @click.option("--name", default="Postroom", show_default=True, help="The gateway's display name.")
 @click.option("--ephemeral-ports", is_flag=True, help="Listen on tcp:0 (free ports, see run/ports.json).")
+@click.option("--database-url", help="e.g. postgresql+psycopg://user@host/db (default: SQLite in the home).")
 @pass_ctx
-def init(c: Context, demo: bool, force: bool, hostname: str, as2_id: str, name: str, ephemeral_ports: bool) -> None:
+def init(c: Context, demo: bool, force: bool, hostname: str, as2_id: str, name: str, ephemeral_ports: bool,
+         database_url: str | None) -> None:
     """Create the home: postroom.toml, the gateway's keys (pki/), spool/ and the database."""
     listen = ListenSection()
     if ephemeral_ports:
         listen = ListenSection(**{k: "tcp:0:interface=127.0.0.1" for k in ("as2", "portal", "sftp", "smtp", "metrics")})
-    for line in initialise(c.home, demo=demo, force=force, hostname=hostname, as2_id=as2_id, name=name, listen=listen):
+    lines = initialise(c.home, demo=demo, force=force, hostname=hostname, as2_id=as2_id, name=name, listen=listen,
+                       database_url=database_url)
+    for line in lines:
         click.echo(line)
 
 
@@ -138,11 +142,7 @@ def serve(c: Context) -> None:
     """Run the gateway in the foreground until SIGTERM or SIGINT."""
     from gateway.app import run
 
-    config = c.config
-    create_engine_checked = create_engine(config.database_url)
-    check_current(create_engine_checked)
-    create_engine_checked.dispose()
-    sys.exit(run(config))
+    sys.exit(run(c.config))
 
 
 @cli.group()

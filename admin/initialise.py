@@ -15,7 +15,7 @@ import attrs
 from certs.devca import DevCA
 from certs.files import write_atomically
 from certs.ssh import generate_keypair
-from gateway.config import GatewaySection, ListenSection, load, render_default
+from gateway.config import GatewaySection, ListenSection, StorageSection, load, render_default
 from gateway.home import Home
 from partners.networks import parse_network
 from partners.store import NewPartner, add_partner
@@ -54,7 +54,7 @@ def _managed_paths(home: Home) -> list:
 
 def initialise(home: Home, *, demo: bool = False, force: bool = False, hostname: str = "localhost",
                as2_id: str = "POSTROOM", name: str = "Postroom", listen: ListenSection | None = None,
-               key_bits: int = 3072) -> list[str]:
+               key_bits: int = 3072, database_url: str | None = None) -> list[str]:
     """Create the home; return the lines to print (what was made, and for a demo how to use it).
 
     :raises HomeError: when ``home`` already holds a Postroom home and ``force`` is not set.
@@ -79,7 +79,9 @@ def initialise(home: Home, *, demo: bool = False, force: bool = False, hostname:
     ca.issue("encrypt", "encrypt", home.pki, emails=[f"invoices@{hostname}"])
     generate_keypair(home.pki / "ssh_host_ed25519_key", f"postroom@{hostname}", "ed25519")
     generate_keypair(home.pki / "ssh_host_rsa_key", f"postroom@{hostname}", "rsa")
-    config_text = render_default(GatewaySection(name=name, as2_id=as2_id, hostname=hostname), listen or ListenSection())
+    storage = StorageSection(database_url=database_url) if database_url else StorageSection()
+    gateway = GatewaySection(name=name, as2_id=as2_id, hostname=hostname)
+    config_text = render_default(gateway, listen or ListenSection(), storage)
     write_atomically(home.config_file, config_text.encode("utf-8"), 0o640)
     config = load(home)
     home.resolve(config.storage.spool_dir).mkdir(mode=0o700, exist_ok=True)

@@ -123,7 +123,6 @@ def run(config: Config) -> int:
     reactor = install_reactor()
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     outcome = {"code": 0}
 
     def fatal(failure: Failure) -> None:
@@ -132,7 +131,8 @@ def run(config: Config) -> int:
         if reactor.running:
             reactor.stop()
 
-    service = make_service(config, reactor, fatal)
+    service = make_service(config, reactor, fatal)  # bad schema or keys: raised before any log line
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -212,7 +212,8 @@ def load(home: Home) -> Config:
     return parse(data, home, str(path))
 
 
-def render_default(gateway: GatewaySection = GatewaySection(), listen: ListenSection = ListenSection()) -> str:
+def render_default(gateway: GatewaySection = GatewaySection(), listen: ListenSection = ListenSection(),
+                   storage: StorageSection = StorageSection()) -> str:
     """The commented ``postroom.toml`` that ``postroom init`` writes."""
     lines = [
         "# Postroom configuration. Paths are relative to this file's directory.",
@@ -240,8 +241,8 @@ def render_default(gateway: GatewaySection = GatewaySection(), listen: ListenSec
         "",
         "[storage]",
         '# or "postgresql+psycopg://user@host/db" (install the postgres extra)',
-        'database_url = "sqlite:///postroom.db"',
-        'spool_dir = "spool"',
+        f'database_url = "{storage.database_url}"',
+        f'spool_dir = "{storage.spool_dir}"',
         "",
         "[limits]",
         f"max_payload_bytes = {LimitsSection().max_payload_bytes}",

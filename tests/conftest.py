@@ -71,8 +71,8 @@ def demo_home(demo_home_template, tmp_path) -> Home:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """The URL of a throwaway PostgreSQL database, started once per session and stopped after it."""
+def postgres_server():
+    """A throwaway PostgreSQL cluster, started once per session and stopped after it."""
     from tests.postgres import ThrowawayPostgres
 
     server = ThrowawayPostgres()
@@ -80,3 +80,9 @@ def postgres_url():
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server):
+    """The URL of an empty PostgreSQL database shared by the session's PostgreSQL tests."""
+    return postgres_server.new_database("postroom")

@@ -48,8 +48,8 @@ class ThrowawayPostgres:
     def _run(self, *args: str) -> None:
         subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120)
 
-    def start(self, timeout: float = 60) -> str:
-        """Start the cluster and return the SQLAlchemy URL of a fresh ``postroom`` database."""
+    def start(self, timeout: float = 60) -> "ThrowawayPostgres":
+        """Start the cluster."""
         if self._as_user:
             shutil.chown(self.directory, "postgres", "postgres")
         self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
@@ -66,8 +66,12 @@ class ThrowawayPostgres:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((self.directory / "postgres.log").read_text())
             time.sleep(0.1)
-        self._run(_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "postroom")
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postroom"
+        return self
+
+    def new_database(self, name: str) -> str:
+        """Create an empty database and return its SQLAlchemy URL."""
+        self._run(_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         """Fast shutdown through pg_ctl (signals to ``runuser`` are not passed on), then wait."""
