@@ -15,14 +15,23 @@ branch_labels = None
 depends_on = None
 
 
-def _partner_fk() -> sa.Column:
+# Constraint names are spelled out as partners.schema's naming convention makes them: env.py hands
+# Alembic a list of metadata, so op.create_table applies no convention of its own, and later
+# migrations (batch mode on SQLite) must be able to find every constraint by its conventional name.
+
+
+def _partner_fk(table: str) -> sa.Column:
     return sa.Column(
         "partner_id",
         sa.String(63),
-        sa.ForeignKey("partners.id", name=None, ondelete="CASCADE"),
+        sa.ForeignKey("partners.id", name=f"fk_{table}_partner_id_partners", ondelete="CASCADE"),
         nullable=False,
         index=True,
     )
+
+
+def _pk(table: str) -> sa.PrimaryKeyConstraint:
+    return sa.PrimaryKeyConstraint("id", name=f"pk_{table}")
 
 
 def upgrade() -> None:
@@ -38,20 +47,22 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("status IN ('active', 'disabled')", name="ck_partners_status"),
         sa.CheckConstraint("deliver IN ('mailbox', 'as2', 'sftp', 'email')", name="ck_partners_deliver"),
+        _pk("partners"),
     )
     op.create_table(
         "partner_identifiers",
         sa.Column("id", sa.Integer, primary_key=True),
-        _partner_fk(),
+        _partner_fk("partner_identifiers"),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("value", sa.String(512), nullable=False),
         sa.UniqueConstraint("kind", "value", name="uq_partner_identifiers_kind"),
         sa.CheckConstraint("kind IN ('as2', 'participant', 'email')", name="ck_partner_identifiers_kind"),
+        _pk("partner_identifiers"),
     )
     op.create_table(
         "partner_certificates",
         sa.Column("id", sa.Integer, primary_key=True),
-        _partner_fk(),
+        _partner_fk("partner_certificates"),
         sa.Column("usage", sa.String(16), nullable=False),
         sa.Column("is_ca", sa.Boolean, nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=False),
@@ -64,29 +75,34 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("usage", "fingerprint", name="uq_partner_certificates_usage"),
         sa.CheckConstraint("usage IN ('tls', 'sign', 'encrypt')", name="ck_partner_certificates_usage"),
+        _pk("partner_certificates"),
     )
     op.create_table(
         "partner_ssh_keys",
         sa.Column("id", sa.Integer, primary_key=True),
-        _partner_fk(),
-        sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+        _partner_fk("partner_ssh_keys"),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("key_type", sa.String(32), nullable=False),
         sa.Column("public_key", sa.Text, nullable=False),
         sa.Column("comment", sa.String(200), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("fingerprint", name="uq_partner_ssh_keys_fingerprint"),
+        _pk("partner_ssh_keys"),
     )
     op.create_table(
         "partner_allowlist",
         sa.Column("id", sa.Integer, primary_key=True),
-        _partner_fk(),
+        _partner_fk("partner_allowlist"),
         sa.Column("network", sa.String(64), nullable=False),
         sa.UniqueConstraint("partner_id", "network", name="uq_partner_allowlist_partner_id"),
+        _pk("partner_allowlist"),
     )
     state = op.create_table(
         "directory_state",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+        _pk("directory_state"),
     )
     op.bulk_insert(state, [{"id": 1, "version": 0, "changed_at": datetime.now(UTC)}])
 
