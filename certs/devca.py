@@ -139,7 +139,7 @@ class DevCA:
             read_file(directory / "ca.key"), read_file(directory / "ca.crt"),
             str(directory / "ca.key"), str(directory / "ca.crt"),
         )
-        return cls(pair.key, pair.certificate)
+        return cls(pair.key, pair.certificate, getattr(pair.key, "key_size", 3072))
 
     def build(self, common_name: str, usage: str, *, hostnames: Iterable[str] = (),
               emails: Iterable[str] = (), key: PrivateKey | None = None,

@@ -97,6 +97,14 @@ def _looks_like_der_key(data: bytes) -> bool:
     return True
 
 
+def _looks_like_der_certificate(data: bytes) -> bool:
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True
+
+
 def load_private_key(data: bytes, source: str = "<data>", password: bytes | None = None) -> PrivateKey:
     """Load a PEM or DER private key, optionally encrypted.
 
@@ -118,6 +126,8 @@ def load_private_key(data: bytes, source: str = "<data>", password: bytes | None
     except ValueError as e:
         if password is not None and ("decrypt" in str(e).lower() or "password" in str(e).lower()):
             raise WrongPasswordError(f"{source}: wrong password") from None
+        if not labels and _looks_like_der_certificate(data):
+            raise CertificateError(f"{source} holds a certificate, not a private key") from None
         raise CertificateError(f"{source} is not a readable PEM or DER private key") from None
     if not isinstance(key, PrivateKey):
         raise CertificateError(f"{source}: unsupported key type {type(key).__name__}")

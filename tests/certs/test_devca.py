@@ -224,3 +224,9 @@ def test_unknown_usage_is_refused(dev_ca, tmp_path):
     with pytest.raises(CertificateError, match="unknown usage 'smtp'"):
         dev_ca.issue("acme", "smtp", tmp_path / "out")
     assert list((tmp_path / "out").glob("*")) == []
+
+
+def test_loaded_ca_issues_keys_of_its_own_size(tmp_path):
+    """A CA reopened from disk keeps issuing keys the size of its own key, not a fixed default."""
+    DevCA.create(tmp_path, "Small CA", key_bits=2048)
+    assert DevCA.load(tmp_path).key_bits == 2048

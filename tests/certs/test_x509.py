@@ -467,3 +467,14 @@ def test_read_file_directory(tmp_path):
     """A directory where a file was expected is named as such."""
     with pytest.raises(CertificateError, match=f"^{tmp_path}: is a directory, expected a file$"):
         read_file(tmp_path)
+
+
+def test_der_certificate_given_as_key_is_named_as_a_certificate(dev_ca):
+    """A DER certificate where a key was expected is called a certificate, as the PEM case is."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certs.errors import CertificateError
+    from certs.x509 import load_private_key
+
+    with pytest.raises(CertificateError, match="holds a certificate, not a private key"):
+        load_private_key(dev_ca.certificate.public_bytes(Encoding.DER), "ca.der")
