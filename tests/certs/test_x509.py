@@ -204,11 +204,19 @@ def test_pem_public_key_given_as_private_key_names_the_type(ec_leaf):
         load_private_key(data, "acme.pub")
 
 
-@pytest.mark.parametrize("data", [b"", b"not a key", bytes(range(256)), "der-certificate"])
-def test_unreadable_private_key_is_a_certificate_error(data, ec_leaf):
-    """Garbage (or a DER certificate) gives a plain CertificateError, never a password complaint."""
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "is not a readable PEM or DER private key"),
+        (b"not a key", "is not a readable PEM or DER private key"),
+        (bytes(range(256)), "is not a readable PEM or DER private key"),
+        ("der-certificate", "holds a certificate, not a private key"),
+    ],
+)
+def test_unreadable_private_key_is_a_certificate_error(data, message, ec_leaf):
+    """Garbage gives a plain CertificateError, a DER certificate is named as one; never a password complaint."""
     blob = der(ec_leaf.certificate) if data == "der-certificate" else data
-    with pytest.raises(CertificateError, match=r"^x\.key is not a readable PEM or DER private key$") as info:
+    with pytest.raises(CertificateError, match=rf"^x\.key {message}$") as info:
         load_private_key(blob, "x.key")
     assert not isinstance(info.value, WrongPasswordError)
 
