@@ -35,6 +35,8 @@ def as2_id(value: str) -> str:
 def participant_id(value: str) -> str:
     """``SCHEME:VALUE`` such as ``0088:5798000000001``; case-insensitive as in Peppol, kept lowercase."""
     scheme, sep, ident = value.strip().partition(":")
+    if len(value.strip()) > 512:
+        raise InvalidValueError(f"participant ID {value[:40]!r}… is longer than 512 characters")
     if not sep or not _SCHEME.fullmatch(scheme) or not ident or any(c.isspace() for c in ident):
         raise InvalidValueError(
             f"participant ID {value!r} must look like SCHEME:VALUE, e.g. 0088:5798000000001"
@@ -45,9 +47,17 @@ def participant_id(value: str) -> str:
 def email(value: str) -> str:
     """A bare address (no display name); compared case-insensitively, kept lowercase."""
     address = value.strip()
-    if not _EMAIL.fullmatch(address) or ".." in address or address.endswith("."):
+    if len(address) > 320 or not _EMAIL.fullmatch(address) or ".." in address or address.endswith("."):
         raise InvalidValueError(f"{value!r} is not an email address like invoices@example.com")
     return address.lower()
+
+
+def display_name(value: str) -> str:
+    """A partner's display name: not empty, at most 200 characters, no control characters."""
+    name = value.strip()
+    if not name or len(name) > 200 or any(ord(c) < 0x20 for c in name):
+        raise InvalidValueError("--name must be 1-200 printable characters")
+    return name
 
 
 def https_url(value: str) -> str:

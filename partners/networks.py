@@ -22,13 +22,18 @@ def parse_network(text: str) -> IPNetwork:
     """
     value = text.strip()
     try:
-        return ipaddress.ip_network(value, strict=True)
+        network = ipaddress.ip_network(value, strict=True)
     except ValueError as e:
         try:
             loose = ipaddress.ip_network(value, strict=False)
         except ValueError:
             raise InvalidValueError(f"{text!r} is not an IP network in CIDR form (e.g. 192.0.2.0/24)") from None
         raise InvalidValueError(f"{text!r} has host bits set; did you mean {loose}?") from e
+    mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+    if mapped is not None and network.prefixlen >= 96:
+        # Peers arrive unwrapped to IPv4 (parse_address), so store the entry the same way.
+        return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
 
 
 def parse_address(host: str) -> IPAddress | None:

@@ -32,7 +32,11 @@ class Policy:
     def from_json(cls, data: Mapping[str, Any] | None) -> "Policy":
         """Read a stored policy, ignoring keys a newer or older version no longer knows."""
         known = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: bool(v) for k, v in (data or {}).items() if k in known})
+        values = {k: v for k, v in (data or {}).items() if k in known}
+        for key, value in values.items():
+            if not isinstance(value, bool):
+                raise InvalidValueError(f"stored policy {key} is {value!r}, not true or false")
+        return cls(**values)
 
     def to_json(self) -> dict[str, bool]:
         """The stored form."""

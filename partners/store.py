@@ -81,8 +81,21 @@ def _check_delivery(deliver: str, as2_url: str | None, as2_ids: Iterable[str], e
 def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
     """Register a partner with its identifiers, allowlist, certificates and SSH keys."""
     ids.partner_id(new.id)
-    if not new.name.strip():
-        raise InvalidValueError("--name must not be empty")
+    name = ids.display_name(new.name)
+    given = (
+        ("AS2 ID", new.as2_ids),
+        ("participant ID", [ids.participant_id(v) for v in new.participant_ids]),
+        ("email address", [ids.email(v) for v in new.emails]),
+        ("network", new.networks),
+        ("SSH key", [k.fingerprint for k in new.ssh_keys]),
+        ("", [f"{usage} certificate {certs_x509.fingerprint(c)}" for usage, c in new.certificates]),
+    )
+    for label, values in given:
+        seen = set()
+        for value in values:
+            if value in seen:
+                raise InvalidValueError(f"{label} {value} is given twice".lstrip())
+            seen.add(value)
     if conn.execute(select(partners.c.id).where(partners.c.id == new.id)).first() is not None:
         raise DuplicateError(f"partner {new.id!r} already exists")
     if new.as2_url is not None:
@@ -91,7 +104,7 @@ def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
     conn.execute(
         insert(partners).values(
             id=new.id,
-            name=new.name.strip(),
+            name=name,
             status="active",
             deliver=new.deliver,
             as2_url=new.as2_url,
@@ -200,11 +213,13 @@ def add_certificate(conn: Connection, partner_id: str, usage: str, cert: certs_x
             f"certificate {subject} expired on {cert.not_valid_after_utc:%Y-%m-%d}; register a current one"
         )
     fp = certs_x509.fingerprint(cert)
-    owner = conn.execute(
-        select(certificates.c.partner_id).where(certificates.c.usage == usage, certificates.c.fingerprint == fp)
-    ).scalar()
-    if owner is not None:
-        raise DuplicateError(f"{usage} certificate {fp} is already registered to partner {owner!r}")
+    registered = conn.execute(
+        select(certificates.c.partner_id, certificates.c.usage).where(certificates.c.fingerprint == fp)
+    ).all()
+    for owner, owner_usage in registered:
+        # A certificate is one partner's identity, whatever the usage; the owner may reuse it.
+        if owner != partner_id or owner_usage == usage:
+            raise DuplicateError(f"{owner_usage} certificate {fp} is already registered to partner {owner!r}")
     facts = certs_x509.describe(cert)
     conn.execute(
         insert(certificates).values(

@@ -43,6 +43,7 @@ def certs(dev_ca, other_ca, leaf_key, tmp_path_factory) -> SimpleNamespace:
         sign=leaf(dev_ca, "acme sign", "sign", emails=["invoices@acme.example"]),
         encrypt=leaf(dev_ca, "acme encrypt", "encrypt", emails=["invoices@acme.example"]),
         globex_tls=leaf(dev_ca, "globex tls", "tls-client"),
+        initech_sign=leaf(dev_ca, "initech sign", "sign"),
         stranger_tls=leaf(other_ca, "stranger tls", "tls-client"),
         expired=leaf(dev_ca, "expired", "tls-client", not_before=start - timedelta(days=10), days=1),
         future=leaf(dev_ca, "future", "tls-client", not_before=start + timedelta(days=30), days=365),

@@ -31,7 +31,7 @@ def world(engine, now, certs, dev_ca, full_partner, make_ssh_key) -> SimpleNames
             conn,
             NewPartner(id="initech", name="Initech", as2_ids=("INITECH",), emails=("ap@initech.example",),
                        participant_ids=("0088:7300010000001",), networks=(parse_network("203.0.113.0/24"),),
-                       certificates=(("sign", certs.globex_tls),), ssh_keys=(initech_key,)),
+                       certificates=(("sign", certs.initech_sign),), ssh_keys=(initech_key,)),
             now,
         )
         store.set_status(conn, "initech", "disabled", now)
@@ -134,7 +134,7 @@ def test_disabled_partner_is_invisible_to_credential_lookups(world):
     assert d.by_email("ap@initech.example") is None
     assert d.by_participant_id("0088", "7300010000001") is None
     assert d.by_ssh_fingerprint(world.initech_key.fingerprint) is None
-    assert d.by_certificate("sign", world.certs.globex_tls, world.now) is None
+    assert d.by_certificate("sign", world.certs.initech_sign, world.now) is None
     assert not d.allows_anyone("203.0.113.9")
 
 
@@ -156,7 +156,7 @@ def test_enabling_again_makes_the_partner_visible(world):
     assert d.by_email("ap@initech.example").id == "initech"
     assert d.by_participant_id("0088", "7300010000001").id == "initech"
     assert d.by_ssh_fingerprint(world.initech_key.fingerprint).id == "initech"
-    assert d.by_certificate("sign", world.certs.globex_tls, world.now).id == "initech"
+    assert d.by_certificate("sign", world.certs.initech_sign, world.now).id == "initech"
     assert d.allows_anyone("203.0.113.9")
 
 

@@ -137,8 +137,18 @@ def test_parse_network_accepts_and_normalises(text, expected):
 
 @given(networks())
 def test_parse_network_round_trips(net):
-    """Any network parses back from its own text unchanged."""
-    assert parse_network(str(net)) == net
+    """Any network parses back from its own text unchanged, except IPv4-mapped ones, which become IPv4."""
+    mapped = net.network_address.ipv4_mapped if net.version == 6 else None
+    if mapped is not None and net.prefixlen >= 96:
+        assert parse_network(str(net)) == ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+    else:
+        assert parse_network(str(net)) == net
+
+
+def test_ipv4_mapped_entry_matches_the_ipv4_peer_it_describes():
+    """An entry written as ::ffff:10.0.0.0/104 allows 10.1.2.3, which is how such a peer is judged."""
+    assert parse_network("::ffff:10.0.0.0/104") == ipaddress.IPv4Network("10.0.0.0/8")
+    assert "10.1.2.3" in NetworkSet([parse_network("::ffff:10.0.0.0/104")])
 
 
 @pytest.mark.parametrize(

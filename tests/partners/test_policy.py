@@ -106,3 +106,11 @@ def test_with_setting_raises_only_invalid_value_error(assignment):
     except InvalidValueError:
         return
     assert isinstance(result, Policy)
+
+
+def test_stored_policy_with_a_non_boolean_is_refused():
+    """A hand-edited "false" string must not read as true: stored values are booleans or an error."""
+    from partners.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match="require_xmldsig is 'false', not true or false"):
+        Policy.from_json({"require_xmldsig": "false"})

@@ -372,7 +372,19 @@ REFUSALS = {
     "certificate twice in one add_partner": (
         lambda conn, c: store.add_partner(
             conn, NewPartner(id="initech", name="Initech", certificates=(("tls", c.certs.future),) * 2), c.now),
-        DuplicateError, r"already registered to partner 'initech'$",
+        InvalidValueError, r"^tls certificate [0-9a-f]{64} is given twice$",
+    ),
+    "AS2 ID twice in one add_partner": (
+        lambda conn, c: store.add_partner(conn, NewPartner(id="initech", name="Initech", as2_ids=("X", "X")), c.now),
+        InvalidValueError, r"^AS2 ID X is given twice$",
+    ),
+    "certificate of another partner under another usage": (
+        lambda conn, c: store.add_certificate(conn, "globex", "sign", c.certs.tls, c.now),
+        DuplicateError, r"^tls certificate [0-9a-f]{64} is already registered to partner 'acme'$",
+    ),
+    "name too long": (
+        lambda conn, c: store.add_partner(conn, NewPartner(id="initech", name="x" * 201), c.now),
+        InvalidValueError, r"^--name must be 1-200 printable characters$",
     ),
     "SSH key registered to another partner": (
         lambda conn, c: store.add_ssh_key(conn, "globex", c.acme_key, c.now),
@@ -398,7 +410,7 @@ REFUSALS = {
     ),
     "empty name": (
         lambda conn, c: store.add_partner(conn, NewPartner(id="initech", name="   "), c.now),
-        InvalidValueError, r"^--name must not be empty$",
+        InvalidValueError, r"^--name must be 1-200 printable characters$",
     ),
     "as2 delivery without URL": (
         lambda conn, c: store.add_partner(
@@ -509,3 +521,12 @@ def test_refusal_inside_a_bigger_transaction_keeps_nothing_of_the_partner(world)
     with c.engine.begin() as conn:  # and everything it tried to claim is still free
         store.add_partner(conn, attrs.evolve(half, certificates=half.certificates[:1]), c.now)
         assert store.list_partners(conn)[-1]["certificates"] == 1
+
+
+def test_one_certificate_may_serve_its_own_partner_for_several_usages(world):
+    """A partner may register its one certificate for TLS and for signing; only other partners are refused."""
+    with world.engine.begin() as conn:
+        store.add_certificate(conn, "globex", "tls", world.certs.globex_tls, world.now)
+        store.add_certificate(conn, "globex", "sign", world.certs.globex_tls, world.now)
+        usages = sorted(c["usage"] for c in store.list_certificates(conn, "globex"))
+    assert usages == ["sign", "tls"]
