@@ -86,3 +86,26 @@ def postgres_server():
 def postgres_url(postgres_server):
     """The URL of an empty PostgreSQL database shared by the session's PostgreSQL tests."""
     return postgres_server.new_database("postroom")
+
+
+@pytest.fixture(autouse=True)
+def clean_reactor():
+    """Fail any test that leaves timers, listening ports or connections on the global reactor.
+
+    This is trial's dirty-reactor check, which pytest-twisted does not have: a leftover DelayedCall or
+    socket makes the next test flaky in ways that are hard to trace back.
+    """
+    from twisted.internet import reactor
+
+    calls = set(reactor.getDelayedCalls())
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    yield
+    leftover_calls = [c for c in reactor.getDelayedCalls() if c not in calls and c.active()]
+    leftover = {
+        s for s in (set(reactor.getReaders()) | set(reactor.getWriters())) - selectables
+        if not type(s).__module__.startswith("twisted.internet._signals")  # the reactor's own wakers
+    }
+    for call in leftover_calls:
+        call.cancel()
+    assert not leftover_calls, f"test left DelayedCalls behind: {leftover_calls}"
+    assert not leftover, f"test left ports or connections open: {leftover}"
