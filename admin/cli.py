@@ -5,13 +5,18 @@ Exit codes: 0 done, 1 refused with one sentence on stderr saying why (nothing wa
 Every listing and ``show`` takes ``--json``; a listing then prints an array of objects with an ``id``.
 """
 
+import getpass
 import os
 import sys
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Iterator
 
+import attrs
 import click
 import sqlalchemy.exc
+from sqlalchemy.engine import Connection
 
 from admin.initialise import HomeError, initialise
 from admin.output import emit_json, emit_record, emit_table
@@ -25,7 +30,11 @@ from partners import store
 from partners.errors import PartnerError
 from partners.identifiers import DELIVERY_MODES
 from partners.networks import parse_network
+from spool import audit
 from spool.database import DatabaseError, check_current, create_engine, upgrade
+
+#: Who the audit trail names for changes made here.
+ACTOR = f"cli:{getpass.getuser()}"
 
 USER_ERRORS = (CertificateError, PartnerError, ConfigError, DatabaseError, HomeError)
 
@@ -56,6 +65,17 @@ class Context:
     def transaction(self):
         """One transaction: the whole change or nothing."""
         return self.engine.begin()
+
+    @contextmanager
+    def change(self, event: str, partner_id: str, **details: Any) -> Iterator[tuple[Connection, dict]]:
+        """One transaction that records ``event`` in the audit trail as it commits.
+
+        Yields the connection and the event's details, which the body may add facts to.
+        """
+        facts = {"partner": partner_id, **details}
+        with self.transaction() as conn:
+            yield conn, facts
+            audit.append(conn, ACTOR, event, now(), details=facts)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -131,7 +151,7 @@ def init(c: Context, demo: bool, force: bool, hostname: str, as2_id: str, name: 
     if ephemeral_ports:
         listen = ListenSection(**{k: "tcp:0:interface=127.0.0.1" for k in ("as2", "portal", "sftp", "smtp", "metrics")})
     lines = initialise(c.home, demo=demo, force=force, hostname=hostname, as2_id=as2_id, name=name, listen=listen,
-                       database_url=database_url)
+                       database_url=database_url, actor=ACTOR)
     for line in lines:
         click.echo(line)
 
@@ -194,7 +214,11 @@ def partner_add(c: Context, partner_id, name, as2_id, participant_id, email, all
         networks=tuple(parse_network(n) for n in allow_ip), certificates=certificates,
         ssh_keys=tuple(read_ssh_key(k) for k in ssh_key), deliver=deliver, as2_url=as2_url,
     )
-    with c.transaction() as conn:
+    details = {"name": name, "as2_ids": list(as2_id), "participant_ids": list(participant_id), "emails": list(email),
+               "allow_ips": [str(n) for n in new.networks], "deliver": deliver,
+               "certificates": [f"{u}:{certs_x509.fingerprint(crt)}" for u, crt in certificates],
+               "ssh_keys": [k.fingerprint for k in new.ssh_keys]}
+    with c.change("partner.added", partner_id, **details) as (conn, _):
         store.add_partner(conn, new, now())
     click.echo(f"partner {partner_id} added")
     if not allow_ip:
@@ -230,7 +254,7 @@ def _status_command(status: str, verb: str):
     @click.argument("partner_id", metavar="ID")
     @pass_ctx
     def command(c: Context, partner_id: str) -> None:
-        with c.transaction() as conn:
+        with c.change(f"partner.{verb}", partner_id) as (conn, _):
             store.set_status(conn, partner_id, status, now())
         click.echo(f"partner {partner_id} {verb}")
 
@@ -247,7 +271,7 @@ partner.command("enable")(_status_command("active", "enabled"))
 @pass_ctx
 def partner_remove(c: Context, partner_id: str) -> None:
     """Delete a partner and everything registered to it."""
-    with c.transaction() as conn:
+    with c.change("partner.removed", partner_id) as (conn, _):
         store.remove_partner(conn, partner_id, now())
     click.echo(f"partner {partner_id} removed")
 
@@ -259,7 +283,7 @@ def partner_remove(c: Context, partner_id: str) -> None:
 def partner_allow_ip(c: Context, partner_id: str, cidr: str) -> None:
     """Allow connections from a network (CIDR or single address)."""
     network = parse_network(cidr)
-    with c.transaction() as conn:
+    with c.change("partner.allowlist.added", partner_id, network=str(network)) as (conn, _):
         added = store.allow_ip(conn, partner_id, network, now())
     click.echo(f"{network} {'allowed' if added else 'was already allowed'} for {partner_id}")
 
@@ -271,7 +295,7 @@ def partner_allow_ip(c: Context, partner_id: str, cidr: str) -> None:
 def partner_deny_ip(c: Context, partner_id: str, cidr: str) -> None:
     """Remove a network from the partner's allowlist."""
     network = parse_network(cidr)
-    with c.transaction() as conn:
+    with c.change("partner.allowlist.removed", partner_id, network=str(network)) as (conn, _):
         store.deny_ip(conn, partner_id, network, now())
     click.echo(f"{network} no longer allowed for {partner_id}")
 
@@ -285,9 +309,10 @@ def partner_policy(c: Context, partner_id: str, settings: tuple[str, ...], as_js
     """Show a partner's policy, or change it with NAME=true|false."""
     with c.transaction() as conn:
         policy = store.get_policy(conn, partner_id)
-        for setting in settings:
-            policy = policy.with_setting(setting)
-        if settings:
+    for setting in settings:
+        policy = policy.with_setting(setting)
+    if settings:
+        with c.change("partner.policy.changed", partner_id, policy=policy.to_json()) as (conn, _):
             store.set_policy(conn, partner_id, policy, now())
     emit_json(policy.to_json()) if as_json else emit_record(policy.to_json())
 
@@ -305,8 +330,8 @@ def partner_cert() -> None:
 def partner_cert_add(c: Context, partner_id: str, pem: str, usage: str) -> None:
     """Register a certificate (a CA certificate vouches for every certificate it issues)."""
     cert = read_certificate(pem)
-    with c.transaction() as conn:
-        fp = store.add_certificate(conn, partner_id, usage, cert, now())
+    with c.change("partner.certificate.added", partner_id, usage=usage) as (conn, facts):
+        fp = facts["fingerprint"] = store.add_certificate(conn, partner_id, usage, cert, now())
     kind = "CA certificate" if certs_x509.is_ca(cert) else "certificate"
     click.echo(f"{usage} {kind} {fp} added to {partner_id}")
 
@@ -331,7 +356,7 @@ def partner_cert_list(c: Context, partner_id: str, as_json: bool) -> None:
 @pass_ctx
 def partner_cert_remove(c: Context, partner_id: str, fingerprint: str) -> None:
     """Unregister a certificate by its SHA-256 fingerprint."""
-    with c.transaction() as conn:
+    with c.change("partner.certificate.removed", partner_id, fingerprint=fingerprint) as (conn, _):
         store.remove_certificate(conn, partner_id, fingerprint, now())
     click.echo(f"certificate removed from {partner_id}")
 
@@ -348,7 +373,7 @@ def partner_ssh_key() -> None:
 def partner_ssh_key_add(c: Context, partner_id: str, pub: str) -> None:
     """Register an SSH public key (.pub file or key line)."""
     key = read_ssh_key(pub)
-    with c.transaction() as conn:
+    with c.change("partner.ssh_key.added", partner_id, fingerprint=key.fingerprint) as (conn, _):
         fp = store.add_ssh_key(conn, partner_id, key, now())
     click.echo(f"SSH key {fp} added to {partner_id}")
 
@@ -359,9 +384,48 @@ def partner_ssh_key_add(c: Context, partner_id: str, pub: str) -> None:
 @pass_ctx
 def partner_ssh_key_remove(c: Context, partner_id: str, fingerprint: str) -> None:
     """Unregister an SSH key by its SHA256: fingerprint."""
-    with c.transaction() as conn:
+    with c.change("partner.ssh_key.removed", partner_id, fingerprint=fingerprint) as (conn, _):
         store.remove_ssh_key(conn, partner_id, fingerprint, now())
     click.echo(f"SSH key removed from {partner_id}")
+
+
+# -- audit ------------------------------------------------------------------------------------------
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """The append-only, hash-chained audit trail."""
+
+
+@audit_group.command("verify")
+@json_option
+@pass_ctx
+def audit_verify(c: Context, as_json: bool) -> None:
+    """Check every link of the chain; exit 1 naming the first broken row."""
+    with c.transaction() as conn:
+        verdict = audit.verify(conn)
+    if as_json:
+        emit_json(attrs.asdict(verdict))
+    elif verdict.ok:
+        click.echo(f"audit trail intact: {verdict.checked} events, head {verdict.head_seq} {verdict.head_hash}")
+    if not verdict.ok:
+        raise UserError(f"audit trail broken at event {verdict.broken_seq}: {verdict.reason}")
+
+
+@audit_group.command("list")
+@click.option("--after", default=0, show_default=True, help="Only events after this sequence number.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--message", "message_id", help="Only events about this message.")
+@json_option
+@pass_ctx
+def audit_list(c: Context, after: int, limit: int, message_id: str | None, as_json: bool) -> None:
+    """Audit events in order."""
+    with c.transaction() as conn:
+        rows = [e.to_json() for e in audit.events(conn, after=after, limit=limit, message_id=message_id)]
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(rows, ["seq", "at", "actor", "event", "details"])
 
 
 # -- PKI --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ public certificates.
 """
 
 import shutil
+import tomllib
 from datetime import UTC, datetime
 
 import attrs
@@ -15,10 +16,11 @@ import attrs
 from certs.devca import DevCA
 from certs.files import write_atomically
 from certs.ssh import generate_keypair
-from gateway.config import GatewaySection, ListenSection, StorageSection, load, render_default
+from gateway.config import GatewaySection, ListenSection, StorageSection, parse, render_default
 from gateway.home import Home
 from partners.networks import parse_network
 from partners.store import NewPartner, add_partner
+from spool import audit
 from spool.database import create_engine, upgrade
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -54,22 +56,40 @@ def _managed_paths(home: Home) -> list:
 
 def initialise(home: Home, *, demo: bool = False, force: bool = False, hostname: str = "localhost",
                as2_id: str = "POSTROOM", name: str = "Postroom", listen: ListenSection | None = None,
-               key_bits: int = 3072, database_url: str | None = None) -> list[str]:
+               key_bits: int = 3072, database_url: str | None = None, actor: str = "cli") -> list[str]:
     """Create the home; return the lines to print (what was made, and for a demo how to use it).
 
     :raises HomeError: when ``home`` already holds a Postroom home and ``force`` is not set.
     """
-    if home.config_file.exists():
-        if not force:
-            raise HomeError(
-                f"{home.path} already holds a Postroom home; use --force to delete its configuration, "
-                "keys, database and spool and start over"
-            )
-        for path in _managed_paths(home):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+    if force:
+        _remove_managed(home)
+    elif home.config_file.exists():
+        raise HomeError(
+            f"{home.path} already holds a Postroom home; use --force to delete its configuration, "
+            "keys, database and spool and start over"
+        )
+    elif any(path.exists() for path in _managed_paths(home)):
+        raise HomeError(f"{home.path} holds parts of a Postroom home but no postroom.toml; "
+                        "use --force to delete them and start over")
+    try:
+        return _create(home, demo=demo, hostname=hostname, as2_id=as2_id, name=name,
+                       listen=listen or ListenSection(), key_bits=key_bits, database_url=database_url, actor=actor)
+    except BaseException:
+        _remove_managed(home)  # never leave half a home behind: it would block the next attempt
+        raise
+
+
+def _remove_managed(home: Home) -> None:
+    for path in _managed_paths(home):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _create(home: Home, *, demo: bool, hostname: str, as2_id: str, name: str, listen: ListenSection,
+            key_bits: int, database_url: str | None, actor: str) -> list[str]:
+    """Make every part of the home; ``postroom.toml``, the mark of a complete home, comes last."""
     home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     home.pki.mkdir(mode=0o700, exist_ok=True)
     hostnames = (hostname, *(n for n in LOCAL_NAMES if n != hostname))
@@ -80,24 +100,26 @@ def initialise(home: Home, *, demo: bool = False, force: bool = False, hostname:
     generate_keypair(home.pki / "ssh_host_ed25519_key", f"postroom@{hostname}", "ed25519")
     generate_keypair(home.pki / "ssh_host_rsa_key", f"postroom@{hostname}", "rsa")
     storage = StorageSection(database_url=database_url) if database_url else StorageSection()
-    gateway = GatewaySection(name=name, as2_id=as2_id, hostname=hostname)
-    config_text = render_default(gateway, listen or ListenSection(), storage)
-    write_atomically(home.config_file, config_text.encode("utf-8"), 0o640)
-    config = load(home)
+    config_text = render_default(GatewaySection(name=name, as2_id=as2_id, hostname=hostname), listen, storage)
+    config = parse(tomllib.loads(config_text), home, str(home.config_file))
     home.resolve(config.storage.spool_dir).mkdir(mode=0o700, exist_ok=True)
     engine = create_engine(config.database_url)
     try:
         upgrade(engine)
+        with engine.begin() as conn:
+            audit.append(conn, actor, "home.initialised", datetime.now(UTC),
+                         details={"home": str(home.path), "as2_id": as2_id, "hostname": hostname, "demo": demo})
         lines = [f"Postroom home created in {home.path}", f"  config:   {home.config_file}",
                  f"  database: {config.database_url}", f"  dev CA:   {home.dev_ca / 'ca.crt'}"]
         if demo:
-            lines += _demo(home, ca, engine, hostnames)
+            lines += _demo(home, ca, engine, actor)
     finally:
         engine.dispose()
+    write_atomically(home.config_file, config_text.encode("utf-8"), 0o640)
     return lines
 
 
-def _demo(home: Home, ca: DevCA, engine, hostnames) -> list[str]:
+def _demo(home: Home, ca: DevCA, engine, actor: str) -> list[str]:
     now = datetime.now(UTC)
     lines = ["", "Demo partners (allowlisted for 127.0.0.0/8):"]
     for p in DEMO_PARTNERS:
@@ -113,6 +135,7 @@ def _demo(home: Home, ca: DevCA, engine, hostnames) -> list[str]:
                 certificates=(("tls", tls.certificate), ("sign", sign.certificate), ("encrypt", encrypt.certificate)),
                 ssh_keys=(ssh_key,),
             ), now)
+            audit.append(conn, actor, "partner.added", now, details={"partner": p.id, "name": p.name, "demo": True})
         lines.append(f"  {p.id:<7} AS2 ID {p.as2_id}, keys in {folder}")
     acme = home.demo / "acme"
     lines += [

@@ -13,6 +13,8 @@ def emit_json(value: Any) -> None:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), default=str)
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "-"
     if value is None or value == "":

@@ -17,6 +17,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from spool.schema import metadata
+
+#: Every table of every package (importing spool.schema registers the spool's own on it).
+METADATA = metadata
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 

@@ -2,9 +2,9 @@
 
 from alembic import context
 
-from partners.schema import metadata as partners_metadata
+from spool.database import METADATA
 
-target_metadata = [partners_metadata]
+target_metadata = METADATA
 
 connection = context.config.attributes["connection"]
 context.configure(

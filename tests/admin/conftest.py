@@ -55,7 +55,7 @@ class Postroom:
         return lines[0][len(ERROR_PREFIX):]
 
     def snapshot(self) -> dict:
-        """Everything the directory holds as the CLI shows it, plus the change counter daemons poll."""
+        """Everything the directory holds as the CLI shows it, the change counter daemons poll, and the audit trail."""
         listing = self.json("partner", "list")
         engine = create_engine(load(self.home).database_url)
         try:
@@ -67,6 +67,7 @@ class Postroom:
             "list": listing,
             "show": {p["id"]: self.json("partner", "show", p["id"]) for p in listing},
             "version": version,
+            "audit": self.json("audit", "list", "--limit", "100000"),
         }
 
 

@@ -155,3 +155,39 @@ def test_existing_home_is_refused_without_force(home):
         initialise(home, key_bits=2048)
     assert home.config_file.read_bytes() == config
     assert (home.dev_ca / "ca.key").read_bytes() == ca
+
+
+def test_a_failed_init_leaves_nothing_behind_and_can_be_retried(tmp_path, monkeypatch):
+    """If init fails half-way (here: the SSH host key), it removes what it made, so a retry just works."""
+    import admin.initialise as module
+    from admin.initialise import HomeError, _managed_paths, initialise
+    from gateway.home import Home
+
+    home = Home(tmp_path / "home")
+    real = module.generate_keypair
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module, "generate_keypair", broken)
+    with pytest.raises(OSError, match="disk full"):
+        initialise(home, key_bits=2048)
+    assert not any(path.exists() for path in _managed_paths(home))
+    monkeypatch.setattr(module, "generate_keypair", real)
+    initialise(home, key_bits=2048)
+    assert home.config_file.exists()
+    with pytest.raises(HomeError, match="already holds a Postroom home"):
+        initialise(home, key_bits=2048)
+
+
+def test_leftovers_without_a_config_are_not_silently_reused(tmp_path):
+    """Parts of a home without postroom.toml (someone else's files?) need --force, and say so."""
+    from admin.initialise import HomeError, initialise
+    from gateway.home import Home
+
+    home = Home(tmp_path / "home")
+    (home.pki).mkdir(parents=True)
+    with pytest.raises(HomeError, match=r"no postroom\.toml; use --force"):
+        initialise(home, key_bits=2048)
+    initialise(home, key_bits=2048, force=True)
+    assert home.config_file.exists()

@@ -128,8 +128,8 @@ def test_transactions_roll_back(engine):
 
 def test_check_current_on_an_empty_database_says_what_to_run(blank):
     """An unmigrated database is refused with the command that fixes it."""
-    with pytest.raises(DatabaseError, match=r"^database schema is at nothing, this Postroom needs 0001; "
-                                            r"run `postroom db upgrade`$"):
+    expected = rf"^database schema is at nothing, this Postroom needs {head_revision()}; run `postroom db upgrade`$"
+    with pytest.raises(DatabaseError, match=expected):
         check_current(blank)
 
 
@@ -138,7 +138,7 @@ def test_check_current_passes_after_upgrade(blank):
     upgrade(blank)
     check_current(blank)
     with blank.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
 
 
 def test_check_current_on_an_unopenable_database(tmp_path):

@@ -45,8 +45,8 @@ def upgrade() -> None:
         sa.Column("policy", sa.JSON, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint("status IN ('active', 'disabled')", name="ck_partners_status"),
-        sa.CheckConstraint("deliver IN ('mailbox', 'as2', 'sftp', 'email')", name="ck_partners_deliver"),
+        sa.CheckConstraint("status IN ('active', 'disabled')", name=op.f("ck_partners_status")),
+        sa.CheckConstraint("deliver IN ('mailbox', 'as2', 'sftp', 'email')", name=op.f("ck_partners_deliver")),
         _pk("partners"),
     )
     op.create_table(
@@ -56,7 +56,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("value", sa.String(512), nullable=False),
         sa.UniqueConstraint("kind", "value", name="uq_partner_identifiers_kind"),
-        sa.CheckConstraint("kind IN ('as2', 'participant', 'email')", name="ck_partner_identifiers_kind"),
+        sa.CheckConstraint("kind IN ('as2', 'participant', 'email')", name=op.f("ck_partner_identifiers_kind")),
         _pk("partner_identifiers"),
     )
     op.create_table(
@@ -74,7 +74,7 @@ def upgrade() -> None:
         sa.Column("pem", sa.Text, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("usage", "fingerprint", name="uq_partner_certificates_usage"),
-        sa.CheckConstraint("usage IN ('tls', 'sign', 'encrypt')", name="ck_partner_certificates_usage"),
+        sa.CheckConstraint("usage IN ('tls', 'sign', 'encrypt')", name=op.f("ck_partner_certificates_usage")),
         _pk("partner_certificates"),
     )
     op.create_table(
