@@ -578,6 +578,7 @@ def verify_signature(
         (``partner.certificates.get("sign", ())``).
     :param cas: the sender's registered signing CA certificates (``partner.cas.get("sign", ())``).
     :param require: whether the sender's policy demands a signature.
+    :param data_or_root: the received bytes, or a root returned by :func:`parse` (never one from another parser).
     :param now: the time for certificate validity (default: the current time).
     :raises DocumentRejected: ``GW-XML``/``GW-DOCTYPE`` (from parsing), ``GW-SIG-MISSING``, ``GW-SIG-LOCATION``,
         ``GW-SIG-ALGORITHM``, ``GW-SIG-INVALID``, ``GW-SIG-UNTRUSTED``.
@@ -585,6 +586,13 @@ def verify_signature(
     now = now or datetime.now(UTC)
     root = parse(data_or_root) if isinstance(data_or_root, bytes | bytearray | memoryview) else data_or_root
     root = root.getroottree().getroot()
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise _reject(GW_DOCTYPE, "The document contains a DOCTYPE or DTD declaration, which we never process. "
+                      "Send the invoice without any <!DOCTYPE ...> declaration.")
+    if root.tag == f"{{{_DS}}}Signature":
+        raise _reject(GW_SIG_LOCATION, "The document is an enveloping ds:Signature; send the invoice itself with an "
+                      "enveloped signature inside it.", "/Signature")
     signatures = [s for s in root.iter(f"{{{_DS}}}Signature") if not _is_template(s)]
     if not signatures:
         if require:

@@ -565,6 +565,24 @@ def detach(element: etree._Element) -> None:
     parent.remove(element)
 
 
+def test_enveloping_signature_as_root_refused(ec_signer):
+    """A bare ds:Signature document is not an invoice with an enveloped signature: GW-SIG-LOCATION."""
+    key, cert = ec_signer
+    signed = sign(PLACEHOLDER, key, cert)
+    signature = copy.deepcopy(signed.find(f".//{{{DS}}}Signature"))
+    with pytest.raises(DocumentRejected) as info:
+        verify_signature(to_bytes(signature), [cert], require=True)
+    assert info.value.codes == (xmldoc.GW_SIG_LOCATION,)
+
+
+def test_root_from_a_doctype_parser_refused():
+    """A root parsed elsewhere that still has a DOCTYPE is refused rather than verified."""
+    root = etree.fromstring(b"<!DOCTYPE Invoice><Invoice/>", etree.XMLParser(resolve_entities=False))
+    with pytest.raises(DocumentRejected) as info:
+        verify_signature(root, [TEST_CERT], require=False)
+    assert info.value.codes == (xmldoc.GW_DOCTYPE,)
+
+
 def _forged_with_original_under_extension(signed: etree._Element) -> etree._Element:
     """Wrap: a forged invoice whose extension content holds the original signed invoice."""
     forged = copy.deepcopy(signed)
