@@ -2,4 +2,4 @@
 Twisted or asyncssh adapter. Doors receive what they need (directory, clock, intake) as arguments,
 so nothing here imports :mod:`gateway`."""
 
-__all__ = ["as2", "listen", "mdn", "partner_auth", "xmldoc"]
+__all__ = ["as2", "findings", "listen", "mdn", "partner_auth", "xmldoc"]

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from certs.x509 import Certificate, PrivateKey
+from protocols.findings import Finding
 
 CRLF = "\r\n"
 
@@ -33,14 +34,6 @@ WARNINGS = frozenset({"duplicate-document"})
 
 class ReceiptError(ValueError):
     """A receipt cannot be built as asked (a value that would corrupt the MIME structure)."""
-
-
-@attrs.frozen
-class Finding:
-    """One machine-readable reason: a stable code (``GW-SIG-INVALID``) and a sentence for people."""
-
-    code: str
-    message: str
 
 
 @attrs.frozen

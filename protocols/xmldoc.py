@@ -40,6 +40,7 @@ from certs import x509 as certs_x509
 from certs.errors import CertificateError
 from partners.errors import InvalidValueError
 from partners.identifiers import participant_id
+from protocols.findings import Finding
 
 __all__ = [
     "GW_DOCTYPE",
@@ -77,20 +78,6 @@ GW_SIG_LOCATION = "GW-SIG-LOCATION"  #: signature in the wrong place, several si
 
 MAX_BYTES = 20 * 1024 * 1024  #: base64 attachments make real invoices reach megabytes
 MAX_DEPTH = 64  #: UBL with a XAdES signature is about 16 deep; libxml2 itself stops at 256
-
-
-@attrs.frozen
-class Finding:
-    """One reason a document was refused, in the shape negative receipts carry.
-
-    :ivar code: a stable ``GW-*`` code (the module constants).
-    :ivar message: one or two sentences telling the partner what is wrong and what to change.
-    :ivar field: where, when known: an XPath-like location in the document, or a byte offset.
-    """
-
-    code: str
-    message: str
-    field: str | None = None
 
 
 class DocumentRejected(Exception):
