@@ -7,7 +7,8 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from protocols.mdn import Disposition, Finding, Receipt, ReceiptError, build_report, build_signed, sign
+from protocols.findings import Finding
+from protocols.mdn import Disposition, Receipt, ReceiptError, build_report, build_signed, sign
 
 
 @pytest.fixture(scope="module")
