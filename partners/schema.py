@@ -129,3 +129,33 @@ directory_state = Table(
     Column("version", Integer, nullable=False),
     Column("changed_at", UTCDateTime(), nullable=False),
 )
+
+#: Routing rules, tried in ``position`` order; the first whose non-null criteria all match decides the
+#: recipient. No match falls back to the partner that owns the document's receiver identifier.
+routes = Table(
+    "routes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("sender_id", ForeignKey("partners.id", **_partner_fk)),
+    Column("receiver", String(512)),
+    Column("kind", String(32)),
+    Column("channel", String(16)),
+    Column("recipient_id", ForeignKey("partners.id", **_partner_fk), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("position"),
+)
+
+#: Portal API tokens: only the SHA-256 of the secret is kept (the secret has 256 random bits, so a
+#: slow hash buys nothing); ``prefix`` lets admins and logs name a token without revealing it.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("partner_id", ForeignKey("partners.id", **_partner_fk), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)

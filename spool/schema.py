@@ -1,19 +1,147 @@
-# -*- test-case-name: tests.spool.test_audit -*-
-"""The spool's tables: the audit log now; messages, deliveries, receipts and quarantine join it.
+# -*- test-case-name: tests.spool.test_records -*-
+"""The spool's tables: messages, their deliveries and mailbox items, receipts, quarantine, audit log.
 
 They live on the one :data:`partners.schema.metadata`, so the whole schema is one object for
-migrations and comparisons (and shares its constraint naming convention).
+migrations and comparisons (and shares its constraint naming convention). Partner IDs here are plain
+strings, not foreign keys: a message is history and outlives the partner that sent it.
 """
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 from partners.schema import UTCDateTime, metadata
+
+_SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+#: Message states: ``accepted`` (durable, deliveries planned), ``delivered`` (every delivery done),
+#: ``failed`` (a delivery was dead-lettered), ``corrupt`` (recovery found its blob missing or changed).
+MESSAGE_STATES = ("accepted", "delivered", "failed", "corrupt")
+
+#: One row per accepted document. ``id`` is time-ordered (see :func:`spool.records.new_id`).
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("sender_id", String(63), nullable=False),
+    Column("recipient_id", String(63), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("external_id", String(998)),
+    Column("filename", String(255)),
+    Column("content_type", String(255)),
+    Column("size", _SEQ, nullable=False),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("number", String(200)),
+    Column("issue_date", String(10)),
+    Column("type_code", String(16)),
+    Column("currency", String(3)),
+    Column("supplier_id", String(512)),
+    Column("customer_id", String(512)),
+    Column("supplier_name", String(500)),
+    Column("customer_name", String(500)),
+    Column("signed", Boolean, nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("sender_id", "external_id", name="uq_messages_sender_external_id"),
+    Index("ix_messages_sender_document", "sender_id", "number", "issue_date"),
+    CheckConstraint("state IN ('accepted', 'delivered', 'failed', 'corrupt')", name="state"),
+)
+
+#: Delivery states: ``pending`` (due at ``next_attempt_at``), ``claimed`` (a worker has it),
+#: ``done``, ``dead`` (gave up after the last attempt; ``postroom message retry`` revives it).
+DELIVERY_STATES = ("pending", "claimed", "done", "dead")
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("recipient_id", String(63), nullable=False),
+    Column("target", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("claimed_by", String(200)),
+    Column("claimed_at", UTCDateTime()),
+    Column("last_error", Text),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("message_id", "recipient_id", "target", name="uq_deliveries_message_recipient_target"),
+    Index("ix_deliveries_due", "state", "next_attempt_at"),
+    CheckConstraint("state IN ('pending', 'claimed', 'done', 'dead')", name="state"),
+)
+
+#: What a recipient sees (SFTP ``/outbox/``, the portal). One row per (message, recipient), ever.
+mailbox_items = Table(
+    "mailbox_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("recipient_id", String(63), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=False),
+    Column("downloaded_at", UTCDateTime()),
+    Column("acknowledged_at", UTCDateTime()),
+    UniqueConstraint("message_id", "recipient_id", name="uq_mailbox_items_message_recipient"),
+    Index("ix_mailbox_items_recipient", "recipient_id", "message_id"),
+    CheckConstraint("state IN ('new', 'downloaded', 'acknowledged')", name="state"),
+)
+
+#: Documents refused at intake, kept for the audit with what was wrong; never routed.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("sender_id", String(63), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("external_id", String(998)),
+    Column("filename", String(255)),
+    Column("content_type", String(255)),
+    Column("size", _SEQ, nullable=False),
+    Column("sha256", String(64)),
+    Column("codes", String(500), nullable=False),
+    Column("findings", JSON, nullable=False),
+)
+
+#: Receipts exactly as sent (or to be sent): ``acceptance`` and ``rejection`` go back to the sender
+#: at intake; ``return`` receipts tell the original sender the recipient downloaded or acknowledged.
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), index=True),
+    Column("quarantine_id", ForeignKey("quarantine.id", ondelete="CASCADE"), index=True),
+    Column("partner_id", String(63), nullable=False),
+    Column("disposition", String(200), nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    CheckConstraint("kind IN ('acceptance', 'rejection', 'return')", name="kind"),
+    CheckConstraint("state IN ('sent', 'pending')", name="state"),
+)
 
 #: Append-only and hash-chained: each row's ``hash`` covers its own fields and the previous row's hash.
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
     Column("at", UTCDateTime(), nullable=False),
     Column("actor", String(200), nullable=False),
     Column("event", String(100), nullable=False),
@@ -28,6 +156,6 @@ audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("seq", _SEQ, nullable=False),
     Column("hash", String(64), nullable=False),
 )
