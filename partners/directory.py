@@ -20,6 +20,7 @@ from certs import x509 as certs_x509
 from certs.ssh import parse_public_key
 from partners.networks import NetworkSet, parse_network
 from partners.policy import Policy
+from partners.routes import Route, load_routes
 from partners.schema import allowlist, certificates, directory_state, identifiers, partners, ssh_keys
 
 
@@ -61,9 +62,11 @@ class PartnerDirectory:
     _identifiers: Mapping[tuple[str, str], Partner] = attrs.field(eq=False)
     _pins: Mapping[tuple[str, str], Partner] = attrs.field(eq=False)
     _ssh: Mapping[str, Partner] = attrs.field(eq=False)
+    #: Routing rules in position order (:mod:`partners.routes`).
+    routes: tuple[Route, ...] = ()
 
     @classmethod
-    def build(cls, version: int, all_partners: Iterable[Partner]) -> "PartnerDirectory":
+    def build(cls, version: int, all_partners: Iterable[Partner], routes: Iterable[Route] = ()) -> "PartnerDirectory":
         """Index ``all_partners``; only active ones are reachable through credential lookups."""
         by_id = {p.id: p for p in all_partners}
         active = [p for p in by_id.values() if p.active]
@@ -75,7 +78,7 @@ class PartnerDirectory:
                 pins.update({_pin_key(usage, c): p for c in certs})
             ssh.update({parse_public_key(line).fingerprint: p for line in p.ssh_keys})
         anyone = NetworkSet(n for p in active for n in p.networks.networks)
-        return cls(version, by_id, anyone, idents, pins, ssh)
+        return cls(version, by_id, anyone, idents, pins, ssh, tuple(sorted(routes, key=lambda r: r.position)))
 
     @classmethod
     def empty(cls) -> "PartnerDirectory":
@@ -168,4 +171,4 @@ def load_directory(conn: Connection) -> PartnerDirectory:
                 ssh_keys=tuple(keys.get(row.id, ())),
             )
         )
-    return PartnerDirectory.build(version, result)
+    return PartnerDirectory.build(version, result, load_routes(conn))

@@ -38,10 +38,17 @@ class ReceiptError(ValueError):
 
 @attrs.frozen
 class Disposition:
-    """``processed``, ``processed/error: X`` or ``processed/warning: X``."""
+    """``processed``, ``processed/error: X`` or ``processed/warning: X`` (RFC 8098 §3.2.6).
+
+    Receipts sent at intake are ``automatic-action`` ``processed``; return receipts, which say a person
+    at the recipient downloaded (``displayed``) or acknowledged (``processed``) the document, are
+    ``manual-action``.
+    """
 
     error: str | None = None
     warning: str | None = None
+    type: str = attrs.field(default="processed", validator=attrs.validators.in_(("processed", "displayed")))
+    manual: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.error is not None and self.error not in ERRORS:
@@ -58,7 +65,8 @@ class Disposition:
 
     def field(self) -> str:
         """The ``Disposition:`` field value."""
-        value = "automatic-action/MDN-sent-automatically; processed"
+        mode = "manual-action" if self.manual else "automatic-action"
+        value = f"{mode}/MDN-sent-automatically; {self.type}"
         if self.error:
             value += f"/error: {self.error}"
         elif self.warning:
