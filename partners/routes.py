@@ -5,16 +5,27 @@ A rule matches on any of sender, receiver identifier (``scheme:value``), documen
 criterion left empty matches anything. Rules are tried in ``position`` order and the first match
 wins; when none matches, the partner that owns the document's receiver identifier receives it.
 Rules are part of the partner directory snapshot, so a change reaches running daemons like any
-other directory change.
+other directory change: :func:`add_route` and :func:`remove_route` bump the directory version.
 """
 
 from collections.abc import Iterable
+from datetime import datetime
 
 import attrs
-from sqlalchemy import select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from partners.schema import routes
+from partners import identifiers as ids
+from partners.errors import InvalidValueError, NotFoundError, UnknownPartnerError
+from partners.schema import partners, routes
+from partners.store import bump_version
+
+#: Document kinds a rule can match: what the document check identifies, and ``opaque`` for
+#: payloads a partner's policy lets through without identifying them.
+KINDS = ("ubl-invoice", "ubl-creditnote", "cii-invoice", "opaque")
+
+#: Doors a rule can match: the channel a message came in through.
+CHANNELS = ("as2", "sftp", "email", "https")
 
 
 @attrs.frozen
@@ -48,8 +59,93 @@ def first_match(rules: Iterable["Route"], *, sender_id: str, receiver: str | Non
     return None
 
 
+def _route(row) -> Route:
+    return Route(id=row.id, position=row.position, recipient_id=row.recipient_id, sender_id=row.sender_id,
+                 receiver=row.receiver, kind=row.kind, channel=row.channel)
+
+
 def load_routes(conn: Connection) -> tuple[Route, ...]:
     """Every rule, in position order."""
-    rows = conn.execute(select(routes).order_by(routes.c.position))
-    return tuple(Route(id=r.id, position=r.position, recipient_id=r.recipient_id, sender_id=r.sender_id,
-                       receiver=r.receiver, kind=r.kind, channel=r.channel) for r in rows)
+    return tuple(_route(r) for r in conn.execute(select(routes).order_by(routes.c.position)))
+
+
+def _require(conn: Connection, partner_id: str) -> None:
+    if conn.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
+        raise UnknownPartnerError(f"no partner with ID {partner_id!r}")
+
+
+def _one_of(label: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise InvalidValueError(f"{label} {value!r} must be one of {', '.join(allowed)}")
+
+
+def add_route(conn: Connection, recipient_id: str, now: datetime, *, sender_id: str | None = None,
+              receiver: str | None = None, kind: str | None = None, channel: str | None = None,
+              position: int | None = None, catch_all: bool = False) -> Route:
+    """Add a rule sending matching messages to ``recipient_id``, and return it.
+
+    ``position`` ``None`` puts the rule after the last one; an explicit position puts it before every
+    rule at that position or later, which move down by one. A rule without criteria matches every
+    message and hides every rule after it, so it needs ``catch_all``, and ``catch_all`` takes no
+    criteria: the admin says which of the two was meant.
+
+    :raises UnknownPartnerError: the recipient or the sender is not registered.
+    :raises InvalidValueError: a malformed receiver, an unknown kind or channel, a position before 1 or
+        past the end, criteria missing without ``catch_all`` or given with it.
+    """
+    _require(conn, recipient_id)
+    if sender_id is not None:
+        _require(conn, sender_id)
+    if receiver is not None:
+        receiver = ids.participant_id(receiver)
+    _one_of("kind", kind, KINDS)
+    _one_of("channel", channel, CHANNELS)
+    has_criteria = any(c is not None for c in (sender_id, receiver, kind, channel))
+    if not has_criteria and not catch_all:
+        raise InvalidValueError("a rule without --from, --receiver, --kind or --channel would match every "
+                                "message; pass --catch-all if that is what you mean")
+    if has_criteria and catch_all:
+        raise InvalidValueError("--catch-all matches every message; it takes no --from, --receiver, --kind "
+                                "or --channel")
+    last = conn.execute(select(func.max(routes.c.position))).scalar() or 0
+    if position is None:
+        position = last + 1
+    elif position < 1:
+        raise InvalidValueError(f"position {position} must be 1 or more")
+    elif position > last + 1:
+        where = f"the last rule is at position {last}" if last else "there are no rules yet"
+        raise InvalidValueError(f"position {position} is past the end: {where} (leave the position out to add "
+                                "a rule at the end)")
+    elif position <= last:
+        _shift(conn, position)
+    route_id = conn.execute(insert(routes).values(
+        position=position, sender_id=sender_id, receiver=receiver, kind=kind, channel=channel,
+        recipient_id=recipient_id, created_at=now,
+    )).inserted_primary_key[0]
+    bump_version(conn, now)
+    return Route(id=route_id, position=position, recipient_id=recipient_id, sender_id=sender_id,
+                 receiver=receiver, kind=kind, channel=channel)
+
+
+def _shift(conn: Connection, position: int) -> None:
+    """Move every rule at ``position`` or later down by one.
+
+    Positions are unique and both SQLite and PostgreSQL check that row by row during an UPDATE, so a
+    plain ``position + 1`` collides with the next rule. The rules go through negative positions (no
+    rule has one) and come back one further down.
+    """
+    conn.execute(update(routes).where(routes.c.position >= position).values(position=-(routes.c.position + 1)))
+    conn.execute(update(routes).where(routes.c.position < 0).values(position=-routes.c.position))
+
+
+def remove_route(conn: Connection, route_id: int, now: datetime) -> Route:
+    """Delete a rule and return it; the rules after it keep their positions (only the order counts).
+
+    :raises NotFoundError: no rule has this ID.
+    """
+    row = conn.execute(select(routes).where(routes.c.id == route_id)).first()
+    if row is None:
+        raise NotFoundError(f"no route with ID {route_id}")
+    conn.execute(delete(routes).where(routes.c.id == route_id))
+    bump_version(conn, now)
+    return _route(row)

@@ -50,7 +50,11 @@ def directory_version(conn: Connection) -> int:
     return conn.execute(select(directory_state.c.version).where(directory_state.c.id == 1)).scalar_one()
 
 
-def _bump(conn: Connection, now: datetime) -> None:
+def bump_version(conn: Connection, now: datetime) -> None:
+    """Count one directory change, in the caller's transaction, so running daemons reload their snapshot.
+
+    Public for the parts of the directory whose changes live in their own module (routing rules).
+    """
     conn.execute(
         update(directory_state)
         .where(directory_state.c.id == 1)
@@ -60,7 +64,7 @@ def _bump(conn: Connection, now: datetime) -> None:
 
 def _touch(conn: Connection, partner_id: str, now: datetime) -> None:
     conn.execute(update(partners).where(partners.c.id == partner_id).values(updated_at=now))
-    _bump(conn, now)
+    bump_version(conn, now)
 
 
 def _require(conn: Connection, partner_id: str) -> None:
@@ -122,7 +126,7 @@ def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
         add_certificate(conn, new.id, usage, cert, now)
     for key in new.ssh_keys:
         add_ssh_key(conn, new.id, key, now)
-    _bump(conn, now)
+    bump_version(conn, now)
 
 
 def add_identifier(conn: Connection, partner_id: str, kind: str, value: str, now: datetime) -> str:
@@ -169,7 +173,7 @@ def remove_partner(conn: Connection, partner_id: str, now: datetime) -> None:
     for table in (identifiers, certificates, ssh_keys, allowlist):
         conn.execute(delete(table).where(table.c.partner_id == partner_id))
     conn.execute(delete(partners).where(partners.c.id == partner_id))
-    _bump(conn, now)
+    bump_version(conn, now)
 
 
 def allow_ip(conn: Connection, partner_id: str, network: IPNetwork, now: datetime) -> bool:
