@@ -7,6 +7,8 @@ SIGTERM or SIGINT, then stops the services in reverse order and exits 0.
 """
 
 import asyncio
+import os
+import socket
 import sys
 from datetime import UTC, datetime
 from typing import Callable
@@ -18,15 +20,24 @@ from twisted.web import resource, server
 
 from certs import tls as certs_tls
 from certs.x509 import load_key_and_certificate, read_file
+from gateway.committer import GroupCommitter
 from gateway.config import Config
 from gateway.database_service import DatabaseService
+from gateway.delivery import DeliveryService
 from gateway.directory_service import DirectoryService
+from gateway.intake import Intake
 from gateway.listeners import Door, ListenerService
 from gateway.metrics import Metrics, operations_root
+from gateway.pools import ThreadPoolService
 from gateway.portal import PortalHome
+from gateway.receipts import ReceiptSigner
+from gateway.recovery import RecoveryService
 from partners.networks import NetworkSet, parse_network
 from protocols.as2.resource import AS2Resource
 from protocols.listen import AllowlistFactory, with_tls
+from protocols.upload import api_root
+from spool import records
+from spool.blobs import BlobStore
 from spool.database import check_current, create_engine
 
 _log = Logger()
@@ -70,6 +81,23 @@ class PostroomService(MultiService):
         self.directory = DirectoryService(self.db, reactor, config.directory.reload_seconds, self.metrics)
         self.directory.setServiceParent(self)
         home = config.home
+        self.blobs = BlobStore(home.resolve(config.storage.spool_dir), max_bytes=config.limits.max_payload_bytes)
+        self.io = ThreadPoolService(reactor, "io", threads=32)
+        self.cpu = ThreadPoolService(reactor, "cpu", threads=max(2, os.cpu_count() or 2))
+        self.committer = GroupCommitter(reactor, self.blobs, engine)
+        for service in (self.io, self.cpu, self.committer):
+            service.setServiceParent(self)
+        worker = socket.gethostname()
+        self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
+                                        self._now)
+        self.recovery.setServiceParent(self)
+        self.delivery = DeliveryService(
+            self.db, reactor, self._now, self.directory.get, {}, ready=self.recovery.when_done,
+            max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=worker)
+        self.delivery.setServiceParent(self)
+        self.signer = ReceiptSigner.from_config(config)
+        self.intake = Intake(self.blobs, self.io.run, self.cpu.run, self.committer.commit, self.directory.get,
+                             self.signer, self._now, on_accepted=self.delivery.wake)
         identity = load_key_and_certificate(
             read_file(home.resolve(config.tls.private_key)),
             read_file(home.resolve(config.tls.certificate)),
@@ -77,12 +105,15 @@ class PostroomService(MultiService):
             str(home.resolve(config.tls.certificate)),
         )
         self.listeners = ListenerService(
-            reactor, self._doors(config, reactor, identity), home.ports_file, self.directory.when_ready, on_fatal
+            reactor, self._doors(config, reactor, identity), home.ports_file, self.recovery.when_done, on_fatal
         )
         self.listeners.setServiceParent(self)
 
     def _now(self) -> datetime:
         return datetime.now(UTC)
+
+    def _receipt(self, receipt_id: str):
+        return self.db.run(thd_get_receipt, receipt_id)
 
     def _authorize_tls(self, cert) -> bool:
         return self.directory.get().by_certificate("tls", cert, self._now()) is not None
@@ -100,6 +131,7 @@ class PostroomService(MultiService):
         if config.listen.as2:
             root = resource.Resource()
             root.putChild(b"as2", AS2Resource(self.directory.get, self._now))
+            root.putChild(b"api", api_root(self.directory.get, self._now, self.intake.accept, self._receipt))
             mtls = certs_tls.ServerTLS(certs_tls.server_context(identity, self._authorize_tls, b"postroom-as2"))
             doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, _site(root)), "as2")))
         if config.listen.portal:
@@ -111,6 +143,12 @@ class PostroomService(MultiService):
             site = _site(operations_root(self.metrics, self.directory.health))
             doors.append(Door("metrics", config.listen.metrics, site))
         return doors
+
+
+def thd_get_receipt(engine, receipt_id: str):
+    """A stored receipt by ID, or None."""
+    with engine.connect() as conn:
+        return records.get_receipt(conn, receipt_id)
 
 
 def make_service(config: Config, reactor, on_fatal: Callable[[Failure], None]) -> PostroomService:

@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.gateway.test_intake -*-
+"""What a door hands the intake, and what it gets back: the contract between doors and the gateway.
+
+Doors receive the intake as a callable ``accept(envelope, payload) -> Deferred[Decision]`` (they never
+import :mod:`gateway`), so these types live here, beside the doors.
+"""
+
+import attrs
+
+from partners.directory import Partner
+from protocols.findings import Finding
+from spool.records import StoredReceipt
+
+CHANNELS = ("as2", "sftp", "email", "https")
+
+
+class IntakeUnavailable(Exception):
+    """The gateway cannot make data durable right now; nothing was accepted, the sender must retry."""
+
+
+@attrs.frozen
+class Envelope:
+    """What the door knows about a payload besides its bytes.
+
+    :ivar sender: the partner the door authenticated (credential ∧ its allowlist).
+    :ivar external_id: the sender's message ID (AS2 ``Message-ID``, mail ``Message-ID``, HTTP
+        ``Idempotency-Key``); a repeat with the same ID is a duplicate.
+    :ivar door_recipient: a partner ID the door's own addressing names (SFTP path, mail local part).
+    :ivar mic: the door's own MIC for the receipt (AS2 computes it over the signed MIME part); default:
+        the SHA-256 of the payload.
+    """
+
+    sender: Partner
+    channel: str = attrs.field(validator=attrs.validators.in_(CHANNELS))
+    external_id: str | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    door_recipient: str | None = None
+    mic: str | None = None
+
+
+@attrs.frozen
+class Decision:
+    """The intake's answer; ``receipt`` holds the exact bytes to send back."""
+
+    outcome: str  #: ``accepted``, ``duplicate`` or ``rejected``
+    receipt: StoredReceipt
+    message_id: str | None = None
+    quarantine_id: str | None = None
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        """True when the message is durable (accepted now or before)."""
+        return self.outcome != "rejected"

@@ -1,0 +1,196 @@
+# -*- test-case-name: tests.e2e.test_upload -*-
+"""HTTPS upload on the mutual-TLS listener (DESIGN §4 "Doors"): the simplest door to the intake.
+
+``POST /api/v1/documents`` with the invoice as the body (optional ``Idempotency-Key``; a file name in
+``Content-Disposition: attachment; filename=…``) answers only after the durable commit:
+
+* ``201`` + JSON + ``Location: /api/v1/receipts/{id}`` — accepted;
+* ``200`` — a repeat of an accepted message (same key or same invoice): the original receipt;
+* ``422`` (``413`` for size) — refused, with the typed findings; the bytes are in quarantine;
+* ``503`` + ``Retry-After`` — the gateway could not make the data durable; nothing was accepted.
+
+``GET /api/v1/receipts/{id}`` returns a receipt's exact signed bytes, to the partner it was for only.
+The partner is authenticated on every request (client certificate ∧ its own allowlist).
+"""
+
+import json
+import re
+from collections.abc import Callable
+from email.message import Message as _HeaderParser
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+
+from protocols.envelope import Decision, Envelope, IntakeUnavailable
+from protocols.partner_auth import DirectorySource, Now, PartnerAuthError, authenticate
+from spool.records import StoredReceipt
+
+Accept = Callable[[Envelope, Any], Deferred]
+ReceiptLookup = Callable[[str], Deferred]  #: fires with a StoredReceipt or None
+
+_RECEIPT_ID = re.compile(r"[0-9a-f]{32}")
+_MAX_KEY = 200
+
+
+def json_response(request: IRequest, code: int, body: dict) -> bytes:
+    """Set ``code`` and JSON headers; the encoded body."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, indent=2).encode("utf-8") + b"\n"
+
+
+def error(request: IRequest, code: int, error_code: str, message: str) -> bytes:
+    """A JSON error body ``{"error": {"code", "message"}}``."""
+    return json_response(request, code, {"error": {"code": error_code, "message": message}})
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    raw = request.getHeader(name)
+    return raw.decode("latin-1") if raw is not None else None
+
+
+def _filename(request: IRequest) -> str | None:
+    raw = _header(request, b"content-disposition")
+    if not raw:
+        return None
+    parser = _HeaderParser()
+    parser["content-disposition"] = raw
+    name = parser.get_filename()
+    return name.replace("/", "_").replace("\\", "_")[:255] if name else None
+
+
+def _decision_body(decision: Decision) -> dict:
+    return {
+        "outcome": decision.outcome,
+        "message": decision.message_id,
+        "quarantine": decision.quarantine_id,
+        "receipt": f"/api/v1/receipts/{decision.receipt.id}",
+        "disposition": decision.receipt.disposition,
+        "findings": [{"code": f.code, "message": f.message, "field": f.field} for f in decision.findings],
+    }
+
+
+class _Authenticated(resource.Resource):
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, directory: DirectorySource, now: Now):
+        super().__init__()
+        self._directory = directory
+        self._now = now
+
+    def render(self, request: IRequest):
+        """Authenticate, then dispatch to ``render_<METHOD>`` with the partner."""
+        try:
+            partner = authenticate(request, self._directory(), self._now())
+        except PartnerAuthError as e:
+            self._log.info("upload: refused request: {reason}", reason=e.reason)
+            return error(request, 403, "forbidden", e.reason)
+        handler = getattr(self, f"handle_{request.method.decode('ascii', 'replace')}", None)
+        if handler is None:
+            allowed = sorted(m.removeprefix("handle_") for m in dir(self) if m.startswith("handle_"))
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            return error(request, 405, "method-not-allowed", f"use {' or '.join(allowed)}")
+        return handler(request, partner)
+
+    def _finish(self, request: IRequest, body: bytes) -> None:
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
+
+
+class DocumentsResource(_Authenticated):
+    """``/api/v1/documents``: hand a document to the intake."""
+
+    def __init__(self, directory: DirectorySource, now: Now, accept: Accept):
+        super().__init__(directory, now)
+        self._accept = accept
+
+    def handle_POST(self, request: IRequest, partner) -> int:
+        """Build the envelope and wait for the intake's durable decision."""
+        key = _header(request, b"idempotency-key")
+        if key is not None and (not key.strip() or len(key) > _MAX_KEY or not key.isprintable()):
+            return error(request, 400, "bad-idempotency-key",
+                         f"Idempotency-Key must be 1-{_MAX_KEY} printable characters")
+        envelope = Envelope(sender=partner, channel="https", external_id=key.strip() if key else None,
+                            filename=_filename(request), content_type=_header(request, b"content-type"))
+        request.content.seek(0)
+        d = self._accept(envelope, request.content)
+        d.addCallbacks(self._decided, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        return server.NOT_DONE_YET
+
+    def _decided(self, decision: Decision, request: IRequest) -> None:
+        body = _decision_body(decision)
+        if decision.outcome == "accepted":
+            request.setHeader(b"location", body["receipt"].encode("ascii"))
+            code = 201
+        elif decision.outcome == "duplicate":
+            code = 200
+        else:
+            code = 413 if any(f.code == "GW-SIZE" for f in decision.findings) else 422
+        self._finish(request, json_response(request, code, body))
+
+    def _failed(self, failure, request: IRequest) -> None:
+        if failure.check(IntakeUnavailable):
+            self._log.warn("upload: temporary failure: {error}", error=failure.getErrorMessage())
+            request.setHeader(b"retry-after", b"30")
+            body = error(request, 503, "temporarily-unavailable",
+                         "The gateway cannot store documents right now; nothing was accepted. Retry later.")
+        else:
+            self._log.failure("upload: internal error", failure)
+            body = error(request, 500, "internal-error", "Internal error; nothing was accepted. Retry later.")
+        self._finish(request, body)
+
+
+class ReceiptsResource(resource.Resource):
+    """``/api/v1/receipts/{id}``."""
+
+    def __init__(self, directory: DirectorySource, now: Now, lookup: ReceiptLookup):
+        super().__init__()
+        self._directory = directory
+        self._now = now
+        self._lookup = lookup
+
+    def getChild(self, path: bytes, request: IRequest) -> resource.Resource:
+        """One receipt per ID."""
+        return _Receipt(self._directory, self._now, self._lookup, path.decode("ascii", "replace"))
+
+
+class _Receipt(_Authenticated):
+    def __init__(self, directory: DirectorySource, now: Now, lookup: ReceiptLookup, receipt_id: str):
+        super().__init__(directory, now)
+        self._lookup = lookup
+        self._id = receipt_id
+
+    def handle_GET(self, request: IRequest, partner):
+        """The signed receipt, if it was for this partner; 404 otherwise (whether or not it exists)."""
+        if not _RECEIPT_ID.fullmatch(self._id):
+            return error(request, 404, "not-found", "no such receipt")
+        d = self._lookup(self._id)
+        d.addCallback(self._found, request, partner.id)
+        d.addErrback(lambda f: (self._log.failure("receipt lookup failed", f),
+                                self._finish(request, error(request, 503, "temporarily-unavailable", "retry later"))))
+        return server.NOT_DONE_YET
+
+    def _found(self, receipt: StoredReceipt | None, request: IRequest, partner_id: str) -> None:
+        if receipt is None or receipt.partner_id != partner_id:
+            self._finish(request, error(request, 404, "not-found", "no such receipt"))
+            return
+        request.setHeader(b"content-type", receipt.content_type.encode("ascii"))
+        request.setHeader(b"mime-version", b"1.0")
+        request.setHeader(b"cache-control", b"no-store")
+        self._finish(request, receipt.body)
+
+
+def api_root(directory: DirectorySource, now: Now, accept: Accept, lookup: ReceiptLookup) -> resource.Resource:
+    """The ``/api`` tree of the mutual-TLS listener: ``/api/v1/documents`` and ``/api/v1/receipts/{id}``."""
+    v1 = resource.Resource()
+    v1.putChild(b"documents", DocumentsResource(directory, now, accept))
+    v1.putChild(b"receipts", ReceiptsResource(directory, now, lookup))
+    api = resource.Resource()
+    api.putChild(b"v1", v1)
+    return api
