@@ -19,13 +19,14 @@ from gateway.config import Config, ConfigError, load
 from gateway.home import Home
 from partners.errors import PartnerError
 from spool import audit
+from spool.blobs import BlobStore, SpoolError
 from spool.database import DatabaseError, check_current, create_engine
 from spool.records import RecordError
 
 #: Who the audit trail names for changes made here.
 ACTOR = f"cli:{getpass.getuser()}"
 
-USER_ERRORS = (CertificateError, PartnerError, ConfigError, DatabaseError, HomeError, RecordError)
+USER_ERRORS = (CertificateError, PartnerError, ConfigError, DatabaseError, HomeError, RecordError, SpoolError)
 
 
 class Context:
@@ -55,16 +56,25 @@ class Context:
         """One transaction: the whole change or nothing."""
         return self.engine.begin()
 
+    @property
+    def blobs(self) -> BlobStore:
+        """The spool's blob store (``[storage] spool_dir``, relative to the home)."""
+        return BlobStore(self.config.home.resolve(self.config.storage.spool_dir))
+
     @contextmanager
-    def change(self, event: str, partner_id: str, **details: Any) -> Iterator[tuple[Connection, dict]]:
+    def change(self, event: str, partner_id: str | None, *, message_id: str | None = None,
+               **details: Any) -> Iterator[tuple[Connection, dict]]:
         """One transaction that records ``event`` in the audit trail as it commits.
 
-        Yields the connection and the event's details, which the body may add facts to.
+        Yields the connection and the event's details, which the body may add facts to. When only the
+        change itself finds out whose it is (removing a rule by ID, retrying a message), pass ``None``
+        and set ``facts["partner"]`` in the body: looking it up first in another transaction could
+        name a different row than the one changed. ``message_id`` files the event under a message.
         """
         facts = {"partner": partner_id, **details}
         with self.transaction() as conn:
             yield conn, facts
-            audit.append(conn, ACTOR, event, now(), details=facts)
+            audit.append(conn, ACTOR, event, now(), message_id=message_id, details=facts)
 
 
 pass_ctx = click.make_pass_decorator(Context)
