@@ -5,6 +5,7 @@ signal an operator's scripts use. Every process started here is stopped by the f
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,12 +26,13 @@ class Daemon:
         self.ports: dict[str, int] = {}
         self.log = home.path / "serve.log"
 
-    def start(self, timeout: float = 30) -> "Daemon":
-        """Start and wait until every door listens."""
+    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> "Daemon":
+        """Start (with extra environment variables, if given) and wait until every door listens."""
         self.home.ports_file.unlink(missing_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [POSTROOM, "--home", str(self.home.path), "serve"], stdout=log, stderr=subprocess.STDOUT
+                [POSTROOM, "--home", str(self.home.path), "serve"], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         deadline = time.monotonic() + timeout
         while not self.home.ports_file.exists():
