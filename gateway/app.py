@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Callable
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -34,6 +35,7 @@ from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
 from partners.networks import NetworkSet, parse_network
 from protocols.as2.resource import AS2Resource
+from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
 from protocols.upload import api_root
 from spool import records
@@ -84,7 +86,7 @@ class PostroomService(MultiService):
         self.blobs = BlobStore(home.resolve(config.storage.spool_dir), max_bytes=config.limits.max_payload_bytes)
         self.io = ThreadPoolService(reactor, "io", threads=32)
         self.cpu = ThreadPoolService(reactor, "cpu", threads=max(2, os.cpu_count() or 2))
-        self.committer = GroupCommitter(reactor, self.blobs, engine)
+        self.committer = GroupCommitter(reactor, self.blobs, engine, on_batch=self.metrics.commit_batch.observe)
         for service in (self.io, self.cpu, self.committer):
             service.setServiceParent(self)
         worker = socket.gethostname()
@@ -112,6 +114,19 @@ class PostroomService(MultiService):
     def _now(self) -> datetime:
         return datetime.now(UTC)
 
+    def _accept(self, envelope, payload) -> Deferred:
+        """The intake, counted per channel and outcome."""
+        def counted(decision):
+            self.metrics.messages.labels(channel=envelope.channel, outcome=decision.outcome).inc()
+            return decision
+
+        def unavailable(failure):
+            failure.trap(IntakeUnavailable)
+            self.metrics.messages.labels(channel=envelope.channel, outcome="unavailable").inc()
+            return failure
+
+        return self.intake.accept(envelope, payload).addCallbacks(counted, unavailable)
+
     def _receipt(self, receipt_id: str):
         return self.db.run(thd_get_receipt, receipt_id)
 
@@ -131,7 +146,7 @@ class PostroomService(MultiService):
         if config.listen.as2:
             root = resource.Resource()
             root.putChild(b"as2", AS2Resource(self.directory.get, self._now))
-            root.putChild(b"api", api_root(self.directory.get, self._now, self.intake.accept, self._receipt))
+            root.putChild(b"api", api_root(self.directory.get, self._now, self._accept, self._receipt))
             mtls = certs_tls.ServerTLS(certs_tls.server_context(identity, self._authorize_tls, b"postroom-as2"))
             doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, _site(root)), "as2")))
         if config.listen.portal:

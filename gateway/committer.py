@@ -7,6 +7,7 @@ heavy load the fsyncs and the transaction are shared by up to ``max_batch`` call
 natural batching of Postfix's queue manager and database WALs) without any timer adding latency.
 """
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,8 @@ class GroupCommitter(Service):
 
     name = "committer"
 
-    def __init__(self, reactor, store: BlobStore, engine: Engine, max_batch: int = 64):
+    def __init__(self, reactor, store: BlobStore, engine: Engine, max_batch: int = 64,
+                 on_batch: Callable[[int], None] = lambda size: None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
@@ -36,8 +38,9 @@ class GroupCommitter(Service):
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="postroom-commit")
         self._queue: list[tuple[Work, Deferred]] = []
         self._busy = False
-        #: Sizes of the batches committed so far (metrics and benchmarks).
-        self.batch_sizes: list[int] = []
+        self._on_batch = on_batch
+        #: Sizes of the most recent batches (tests and benchmarks; bounded for a long-running daemon).
+        self.batch_sizes: deque[int] = deque(maxlen=4096)
 
     def startService(self) -> None:
         """Start the writer thread."""
@@ -68,6 +71,7 @@ class GroupCommitter(Service):
         self._busy = True
         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
         self.batch_sizes.append(len(batch))
+        self._on_batch(len(batch))
         works = [work for work, _ in batch]
         d = deferToThreadPool(self._reactor, self._pool, commit_batch, self._store, self._engine, works)
         d.addCallbacks(self._settle, self._fail_all, callbackArgs=(batch,), errbackArgs=(batch,))

@@ -7,7 +7,7 @@ Each daemon (and each test) gets its own registry, so nothing leaks between inst
 import json
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
@@ -39,6 +39,14 @@ class Metrics:
             "postroom_directory_errors", "Failed partner directory polls", registry=self.registry
         )
         self.partners = Gauge("postroom_partners", "Partners by status", ["status"], registry=self.registry)
+        self.messages = Counter(
+            "postroom_messages", "Intake decisions: accepted, duplicate, rejected, unavailable", ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.commit_batch = Histogram(
+            "postroom_commit_batch_size", "Messages made durable per group commit", registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
 
     def refused(self, door: str, host: str) -> None:
         """Count a connection refused by the allowlist."""

@@ -8,7 +8,7 @@ import base64
 import hashlib
 
 from tests.e2e.https import BASE_EXAMPLE, FIXTURES, get, invoice, post_document, query, verify_receipt
-from tests.e2e.test_mtls_door import wait_until
+from tests.e2e.test_mtls_door import metric, wait_until
 
 
 def test_accepted_invoice_gets_a_signed_receipt_and_reaches_the_recipients_mailbox(daemon, tmp_path):
@@ -34,6 +34,8 @@ def test_accepted_invoice_gets_a_signed_receipt_and_reaches_the_recipients_mailb
                                                            "ubl-invoice")
     wait_until(lambda: query(daemon, "SELECT state FROM messages")[0][0] == "delivered")
     assert query(daemon, "SELECT recipient_id, state FROM mailbox_items") == [("globex", "new")]
+    assert metric(daemon, 'postroom_messages_total{channel="https",outcome="accepted"}') == 1
+    assert metric(daemon, "postroom_commit_batch_size_count") == 1
 
 
 def test_a_repeat_gets_the_original_receipt_and_creates_nothing(daemon, tmp_path):
