@@ -4,6 +4,7 @@ import subprocess
 
 from gateway.home import Home
 from tests.e2e.daemon import POSTROOM, Daemon
+from tests.e2e.https import BASE_EXAMPLE, get, post_document, verify_receipt
 from tests.e2e.test_mtls_door import curl, wait_until
 
 
@@ -21,6 +22,11 @@ def test_demo_home_on_postgresql_serves_and_follows_cli_changes(postgres_server,
     try:
         rc, code, body, err = curl(daemon, "/as2")
         assert (rc, code) == (0, 501), err
+        accepted = post_document(daemon, BASE_EXAMPLE, tmp_path, key="pg-1")
+        assert accepted.status == 201, accepted
+        assert post_document(daemon, BASE_EXAMPLE, tmp_path, key="pg-1").json()["outcome"] == "duplicate"
+        verify_receipt(daemon, get(daemon, accepted.json()["receipt"], tmp_path), tmp_path)
+        wait_until(lambda: "delivered" in daemon.cli("message", "show", accepted.json()["message"]).stdout)
         daemon.cli("partner", "disable", "acme")
         wait_until(lambda: curl(daemon, "/as2")[1] == 0)
         assert curl(daemon, "/as2", partner="globex")[1] == 501
