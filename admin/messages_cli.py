@@ -15,10 +15,9 @@ from certs.files import write_atomically
 from spool import audit, records
 from spool.blobs import BlobNotFound, BlobStore
 from spool.check import Damage, check_spool, mark_corrupt, mark_repaired
-from spool.schema import MESSAGE_STATES
+from spool.schema import MESSAGE_STATES, RECEIPT_KINDS
 
 #: Every kind of receipt a message can have (``receipts.kind``).
-RECEIPT_KINDS = ("acceptance", "rejection", "return")
 
 
 @click.group("message")

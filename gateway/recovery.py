@@ -27,6 +27,7 @@ from gateway.router import targets_for
 from partners.directory import PartnerDirectory
 from spool import audit, records
 from spool.blobs import BlobStore
+from spool.check import Damage, mark_corrupt, problem_of
 from spool.schema import messages
 
 ACTOR = "gateway"
@@ -59,13 +60,9 @@ def thd_recover(engine: Engine, store: BlobStore, directory: PartnerDirectory, w
         corrupt = []
         in_flight = conn.execute(select(messages.c.id, messages.c.sha256).where(messages.c.state == "accepted"))
         for message_id, sha in list(in_flight):
-            if store.verify(sha):
-                continue
-            problem = "changed" if store.exists(sha) else "missing"
-            records.set_message_state(conn, message_id, "corrupt", now)
-            audit.append(conn, ACTOR, "message.corrupt", now, message_id=message_id,
-                         details={"sha256": sha, "problem": problem, "found_by": "recovery"})
-            corrupt.append(message_id)
+            damage = Damage("message", message_id, sha, problem_of(store, sha) or "")
+            if damage.corrupt and mark_corrupt(conn, damage, now, ACTOR):
+                corrupt.append(message_id)
     return RecoveryReport(removed, released, tuple(rerouted), tuple(corrupt))
 
 

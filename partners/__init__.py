@@ -4,4 +4,4 @@
 and :mod:`partners.directory` the immutable snapshot the doors query without touching the database.
 """
 
-__all__ = ["directory", "errors", "identifiers", "networks", "policy", "schema", "store"]
+__all__ = ["directory", "errors", "identifiers", "networks", "policy", "routes", "schema", "store", "tokens"]

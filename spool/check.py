@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from spool import audit
 from spool.blobs import BlobStore
-from spool.records import deliveries_of, get_message, iter_messages, set_message_state
+from spool.records import deliveries_of, get_message, iter_messages, set_message_state, settled_state
 from spool.schema import messages, quarantine
 
 
@@ -67,7 +67,7 @@ class Report:
     unreferenced: tuple[str, ...]
 
 
-def _problem(blobs: BlobStore, sha: str) -> str | None:
+def problem_of(blobs: BlobStore, sha: str) -> str | None:
     """What is wrong with blob ``sha``, or ``None``."""
     try:
         if blobs.verify(sha):
@@ -88,9 +88,9 @@ def _kept(conn: Connection) -> Iterator[tuple[str, str]]:
 def find_damaged(conn: Connection, blobs: BlobStore) -> list[Damage]:
     """Re-hash the blob of every message and every kept quarantined payload; what is wrong, oldest first."""
     found = [Damage("message", m.id, m.sha256, problem)
-             for m in iter_messages(conn) if (problem := _problem(blobs, m.sha256)) is not None]
+             for m in iter_messages(conn) if (problem := problem_of(blobs, m.sha256)) is not None]
     found += [Damage("quarantine", item_id, sha, problem)
-              for item_id, sha in _kept(conn) if (problem := _problem(blobs, sha)) is not None]
+              for item_id, sha in _kept(conn) if (problem := problem_of(blobs, sha)) is not None]
     return found
 
 
@@ -98,7 +98,7 @@ def find_repaired(conn: Connection, blobs: BlobStore) -> list[str]:
     """IDs of the messages marked corrupt whose blob verifies again, oldest first."""
     rows = conn.execute(select(messages.c.id, messages.c.sha256)
                         .where(messages.c.state == "corrupt").order_by(messages.c.id))
-    return [row.id for row in rows if _problem(blobs, row.sha256) is None]
+    return [row.id for row in rows if problem_of(blobs, row.sha256) is None]
 
 
 def find_unreferenced(conn: Connection, blobs: BlobStore) -> list[str]:
@@ -157,8 +157,7 @@ def mark_repaired(conn: Connection, message_id: str, now: datetime, actor: str) 
     deliveries go ahead (``postroom message retry`` revives dead ones), and one without deliveries
     is routed by the gateway's recovery like any accepted message.
     """
-    states = {d.state for d in deliveries_of(conn, message_id)}
-    state = "failed" if "dead" in states else "delivered" if states == {"done"} else "accepted"
+    state = settled_state({d.state for d in deliveries_of(conn, message_id)})
     set_message_state(conn, message_id, state, now)
     audit.append(conn, actor, "message.repaired", now, message_id=message_id, details={"state": state})
     return state

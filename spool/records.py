@@ -271,13 +271,17 @@ def fail(conn: Connection, delivery: Delivery, worker: str, now: datetime, error
     return True
 
 
+def settled_state(delivery_states: set[str]) -> str:
+    """The message state its deliveries' states imply: ``failed``, ``delivered`` or ``accepted``."""
+    if "dead" in delivery_states:
+        return "failed"
+    return "delivered" if delivery_states == {"done"} else "accepted"
+
+
 def _settle_message(conn: Connection, message_id: str, now: datetime) -> None:
     states = set(conn.scalars(select(deliveries.c.state).where(deliveries.c.message_id == message_id)))
-    if states == {"done"}:
-        new = "delivered"
-    elif "dead" in states:
-        new = "failed"
-    else:
+    new = settled_state(states)
+    if new == "accepted":
         return
     conn.execute(update(messages).where(messages.c.id == message_id, messages.c.state != "corrupt")
                  .values(state=new, updated_at=now))

@@ -118,6 +118,9 @@ quarantine = Table(
     Column("findings", JSON, nullable=False),
 )
 
+#: ``acceptance`` and ``rejection`` answer a sender at intake; ``return`` tells it the recipient acted.
+RECEIPT_KINDS = ("acceptance", "rejection", "return")
+
 #: Receipts exactly as sent (or to be sent): ``acceptance`` and ``rejection`` go back to the sender
 #: at intake; ``return`` receipts tell the original sender the recipient downloaded or acknowledged.
 receipts = Table(
