@@ -13,13 +13,17 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from spool.blobs import BlobStore, StagedBlob
 from spool.commit import Work, commit_batch
+
+
+class CommitterStopped(Exception):
+    """A commit was asked for after the daemon began to stop; nothing was committed."""
 
 
 class GroupCommitter(Service):
@@ -38,6 +42,7 @@ class GroupCommitter(Service):
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="postroom-commit")
         self._queue: list[tuple[Work, Deferred]] = []
         self._busy = False
+        self._drained: Deferred | None = None
         self._on_batch = on_batch
         #: Sizes of the most recent batches (tests and benchmarks; bounded for a long-running daemon).
         self.batch_sizes: deque[int] = deque(maxlen=4096)
@@ -47,10 +52,14 @@ class GroupCommitter(Service):
         super().startService()
         self._pool.start()
 
-    def stopService(self) -> None:
-        """Let the batch in flight finish, then stop the thread (the doors have stopped feeding us)."""
+    def stopService(self) -> Deferred | None:
+        """Commit everything already queued, then stop the thread: every caller gets its answer."""
         super().stopService()
-        self._pool.stop()
+        if not self._busy:
+            self._pool.stop()
+            return None
+        self._drained = Deferred()
+        return self._drained.addCallback(lambda _: self._pool.stop())
 
     def commit(self, blobs: Sequence[StagedBlob], record: Callable[[Connection], Any]) -> Deferred:
         """Publish ``blobs`` and run ``record(conn)`` in the next batch; fires with its return value.
@@ -58,6 +67,8 @@ class GroupCommitter(Service):
         Fails with the exception ``record`` raised (only this commit is affected), or with the
         batch's error when the blobs or the transaction could not be made durable.
         """
+        if not self.running and not self._busy:
+            return fail(CommitterStopped("the gateway is shutting down; nothing was committed"))
         d: Deferred = Deferred()
         self._queue.append((Work(tuple(blobs), record), d))
         if not self._busy:
@@ -67,6 +78,9 @@ class GroupCommitter(Service):
     def _next_batch(self) -> None:
         if not self._queue:
             self._busy = False
+            if self._drained is not None:
+                drained, self._drained = self._drained, None
+                drained.callback(None)
             return
         self._busy = True
         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]

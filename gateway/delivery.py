@@ -92,6 +92,13 @@ def thd_record_push(engine: Engine, delivery: Delivery, worker: str, now: dateti
                 "retry_at": retry_at.isoformat() if retry_at else None})
 
 
+def thd_postpone(engine: Engine, delivery: Delivery, worker: str, now: datetime, reason: str,
+                 retry_at: datetime) -> None:
+    """Give a delivery back without counting an attempt (no push client for its target yet)."""
+    with engine.begin() as conn:
+        records.postpone(conn, delivery, worker, now, reason, retry_at)
+
+
 def thd_message(engine: Engine, message_id: str) -> Message:
     """Read one message."""
     with engine.connect() as conn:
@@ -180,9 +187,12 @@ class DeliveryService(Service):
         target = self._targets.get(delivery.target)
         recipient = self._directory().get(delivery.recipient_id)
         error, permanent = None, False
-        if target is None:
-            error = f"this gateway has no {delivery.target} push client yet; the delivery waits"
-        elif recipient is None:
+        if target is None:  # nothing was attempted: wait without using up the recipient's attempts
+            reason = f"this gateway has no {delivery.target} push client yet; the delivery waits"
+            await self._db.run(thd_postpone, delivery, self.worker, self._now(), reason,
+                               self._now() + timedelta(seconds=self._backoff))
+            return
+        if recipient is None:
             error, permanent = f"partner {delivery.recipient_id} no longer exists", True
         else:
             try:

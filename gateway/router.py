@@ -43,10 +43,8 @@ class RouteDecision:
 
 
 def _owner(directory: PartnerDirectory, participant: str | None) -> Partner | None:
-    if participant is None:
-        return None
-    scheme, _, value = participant.partition(":")
-    return directory.by_participant_id(scheme, value)
+    """Who registered the identifier, even if disabled: "disabled" must not read as "unknown"."""
+    return directory.participant_owner(participant) if participant is not None else None
 
 
 def targets_for(recipient: Partner) -> tuple[tuple[str, str], ...]:
@@ -78,10 +76,10 @@ def route(directory: PartnerDirectory, sender: Partner, *, kind: str, channel: s
         return _decided(owner, owner.id, "receiver")
     if door_recipient is not None:
         return _decided(directory.get(door_recipient), door_recipient, "door")
-    where = f"receiver identifier {receiver}" if receiver else "no receiver identifier"
-    raise RouteRefused(Finding(GW_ROUTE_UNKNOWN, f"The document has {where} that we can deliver to. Put the "
-                               "recipient's registered participant ID in the customer's EndpointID (UBL) or URIID "
-                               "(CII) with its schemeID.", "customer"))
+    problem = (f"No partner here has the receiver identifier {receiver}." if receiver
+               else "The document names no receiver identifier.")
+    raise RouteRefused(Finding(GW_ROUTE_UNKNOWN, f"{problem} Put the recipient's registered participant ID in the "
+                               "customer's EndpointID (UBL) or URIID (CII) with its schemeID.", "customer"))
 
 
 def _decided(recipient: Partner | None, recipient_id: str, evidence: str) -> RouteDecision:

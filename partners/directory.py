@@ -64,6 +64,8 @@ class PartnerDirectory:
     _ssh: Mapping[str, Partner] = attrs.field(eq=False)
     #: Routing rules in position order (:mod:`partners.routes`).
     routes: tuple[Route, ...] = ()
+    #: Participant IDs of every partner, active or not: routing must tell "disabled" from "unknown".
+    _participants: Mapping[str, Partner] = attrs.field(factory=dict, eq=False)
 
     @classmethod
     def build(cls, version: int, all_partners: Iterable[Partner], routes: Iterable[Route] = ()) -> "PartnerDirectory":
@@ -78,7 +80,9 @@ class PartnerDirectory:
                 pins.update({_pin_key(usage, c): p for c in certs})
             ssh.update({parse_public_key(line).fingerprint: p for line in p.ssh_keys})
         anyone = NetworkSet(n for p in active for n in p.networks.networks)
-        return cls(version, by_id, anyone, idents, pins, ssh, tuple(sorted(routes, key=lambda r: r.position)))
+        participants = {v: p for p in by_id.values() for v in p.participant_ids}
+        return cls(version, by_id, anyone, idents, pins, ssh, tuple(sorted(routes, key=lambda r: r.position)),
+                   participants)
 
     @classmethod
     def empty(cls) -> "PartnerDirectory":
@@ -104,6 +108,11 @@ class PartnerDirectory:
     def by_participant_id(self, scheme: str, value: str) -> Partner | None:
         """The active partner owning the routing identifier ``scheme:value`` (case-insensitive)."""
         return self._identifiers.get(("participant", f"{scheme.strip()}:{value.strip()}".lower()))
+
+    def participant_owner(self, participant: str) -> Partner | None:
+        """The partner, active *or disabled*, that registered ``scheme:value`` (as normalised by
+        :func:`partners.identifiers.participant_id`); for routing decisions, never for authentication."""
+        return self._participants.get(participant.strip().lower())
 
     def by_ssh_fingerprint(self, fingerprint: str) -> Partner | None:
         """The active partner that registered the SSH key with this ``SHA256:`` fingerprint."""

@@ -224,6 +224,9 @@ def claim_due(conn: Connection, now: datetime, worker: str, limit: int, lease: t
         and_(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now),
         and_(deliveries.c.state == "claimed", deliveries.c.claimed_at <= now - lease),
     )
+    # A corrupt message's bytes are not what was received: nothing of it goes out until it is repaired.
+    due = and_(due, ~select(messages.c.id).where(messages.c.id == deliveries.c.message_id,
+                                                  messages.c.state == "corrupt").exists())
     query = select(deliveries.c.id).where(due).order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
@@ -276,6 +279,19 @@ def settled_state(delivery_states: set[str]) -> str:
     if "dead" in delivery_states:
         return "failed"
     return "delivered" if delivery_states == {"done"} else "accepted"
+
+
+def postpone(conn: Connection, delivery: Delivery, worker: str, now: datetime, reason: str,
+             retry_at: datetime) -> bool:
+    """Give a claimed delivery back, due at ``retry_at``, *without* counting an attempt.
+
+    For causes on our side that no attempt was made against (no client for the target yet): they must
+    not use up the recipient's attempts and dead-letter the message.
+
+    :returns: False when the claim was lost.
+    """
+    return _claimed(conn, delivery.id, worker, {"state": "pending", "next_attempt_at": retry_at,
+                                                "last_error": reason[:2000], "updated_at": now})
 
 
 def _settle_message(conn: Connection, message_id: str, now: datetime) -> None:

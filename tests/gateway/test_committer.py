@@ -154,9 +154,6 @@ async def test_stop_service_leaves_no_writer_thread(make_committer):
     assert commit_threads() == []
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/committer.py stopService stops the pool while commits are queued; "
-                   "_next_batch then hands the next batch to the stopped ThreadPool, which drops it silently "
-                   "(callInThreadWithCallback returns when joined), so the queued Deferreds never fire")
 @pytest_twisted.ensureDeferred
 async def test_commits_queued_when_the_committer_stops_are_all_answered(make_committer):
     """Stopping with commits queued behind the batch in flight answers every one of them (either way)."""

@@ -251,10 +251,6 @@ async def test_a_dead_nodes_claim_is_delivered_once_its_lease_runs_out(make_serv
     assert state(engine, msg) == "delivered"
 
 
-@pytest.mark.xfail(strict=True, reason="spool/records.py claim_due does not look at the message state, so the "
-                   "deliveries of a message marked corrupt (blob missing or changed) are still claimed and its "
-                   "mailbox item filed, although spool/check.py says a corrupt mark stops its deliveries and "
-                   "mark_repaired says a repaired message's pending deliveries then go ahead")
 @pytest_twisted.ensureDeferred
 async def test_a_corrupt_message_is_not_delivered(make_service, engine):
     """A message whose bytes are gone is not filed in a mailbox: its recipient could never download it."""
@@ -420,10 +416,6 @@ async def test_a_delivery_without_a_push_client_waits_with_a_clear_error(make_se
     assert state(engine, msg) == "accepted"
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/delivery.py DeliveryService._push counts a missing push client as a "
-                   "failed attempt, so after max_attempts the delivery is dead and the message failed, although "
-                   "docs/architecture.md ('a push delivery waits with a clear last_error') and the error text "
-                   "('the delivery waits') say it waits; the daemon (gateway/app.py) passes no push targets at all")
 @pytest_twisted.ensureDeferred
 async def test_a_delivery_without_a_push_client_is_never_dead_lettered(make_service, engine, now):
     """However long there is no client for its target, the delivery waits and the message is not failed."""

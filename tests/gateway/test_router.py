@@ -138,8 +138,6 @@ def test_an_unregistered_receiver_identifier_is_route_unknown_and_named():
     assert "0088:nobody" in refused.finding.message
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/router.py:81 builds 'The document has receiver identifier X that "
-                   "we can deliver to', which says the opposite of what is meant (a 'no' is missing)")
 def test_the_unknown_receiver_message_says_it_cannot_be_delivered():
     """The sentence for an unregistered receiver identifier says that nobody can be delivered to."""
     message = refusal(directory(), receiver="0088:nobody").finding.message
@@ -165,9 +163,6 @@ def test_a_rule_pointing_at_a_partner_missing_from_the_snapshot_is_route_inactiv
     assert refusal(directory(rule)).finding.code == GW_ROUTE_INACTIVE
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/router.py:_owner uses PartnerDirectory.by_participant_id, which only "
-                   "indexes active partners, so a disabled recipient's identifier is GW-ROUTE-UNKNOWN (or falls "
-                   "through to the door's recipient) instead of GW-ROUTE-INACTIVE")
 def test_a_receiver_identifier_of_a_disabled_partner_is_route_inactive():
     """A document addressed to a disabled partner is refused as inactive, not routed to the door's recipient."""
     assert refusal(directory(), receiver="0088:hooli", door_recipient="globex").finding.code == GW_ROUTE_INACTIVE
