@@ -8,6 +8,8 @@ curl runs in a thread so the reactor keeps serving while it waits.
 import json
 import os
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -31,10 +33,12 @@ from gateway.openapi import DOCUMENT
 from gateway.portal_api import build_api, content_disposition
 from gateway.receipts import ReceiptSigner
 from partners import store, tokens
+from partners.schema import partners
 from partners.store import NewPartner
 from protocols.mdn import SignedReceipt
 from spool import audit, records
 from spool.blobs import BlobStore
+from spool.database import create_engine, upgrade
 from spool.records import Message
 from spool.schema import receipts
 
@@ -488,3 +492,43 @@ async def test_unknown_paths_404_and_wrong_methods_405(world, method, path, stat
 def test_content_disposition_is_safe(filename, content_type, expected):
     """The file name keeps only its last path part, and anything outside a safe ASCII set is encoded."""
     assert content_disposition(filename, "0123", content_type) == expected.encode()
+
+
+# -- concurrency on PostgreSQL --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_engine(postgres_server):
+    """A PostgreSQL database of this module's own, at the newest schema."""
+    engine = create_engine(postgres_server.new_database("portal_api"))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("event", ["acknowledged", "downloaded"])
+def test_racing_marks_record_once_on_postgres(pg_engine, tmp_path, gateway_sign, event):
+    """Eight threads mark one item at the same instant: one audit event, one receipt, eight answers alike.
+
+    Under READ COMMITTED each would read "not yet" and record, unless the item is locked before the read.
+    """
+    blobs = BlobStore(tmp_path / "spool")
+    with pg_engine.begin() as conn:
+        for partner_id in ("acme", "globex"):
+            if conn.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
+                store.add_partner(conn, NewPartner(id=partner_id, name=partner_id.title()), T0)
+        info, _ = tokens.create_token(conn, "acme", "race", T0)
+        message = deliver(conn, blobs, "globex", "acme", datetime.now(UTC), invoice(event))
+    signer = ReceiptSigner(*gateway_sign, (), "Postroom; test", "POSTROOM")
+    start = threading.Barrier(8)
+
+    def mark(_):
+        start.wait()
+        return portal_api.thd_mark(pg_engine, signer, info, message.id, event, datetime.now(UTC))
+
+    with ThreadPoolExecutor(8) as pool:
+        items = list(pool.map(mark, range(8)))
+    assert len({getattr(item, f"{event}_at") for item in items}) == 1
+    with pg_engine.connect() as conn:
+        assert len(records.receipts_for(conn, message.id, ("return",))) == 1
+        assert len(list(audit.events(conn, message_id=message.id))) == 1
