@@ -31,6 +31,7 @@ from gateway.listeners import Door, ListenerService
 from gateway.metrics import Metrics, operations_root
 from gateway.pools import ThreadPoolService
 from gateway.portal import PortalHome
+from gateway.portal_api import build_api
 from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
 from partners.networks import NetworkSet, parse_network
@@ -152,7 +153,9 @@ class PostroomService(MultiService):
         if config.listen.portal:
             tls = certs_tls.ServerTLS(certs_tls.server_context(identity, None, b"postroom-portal"))
             extra = NetworkSet(parse_network(n) for n in config.portal.allow_ips)
-            site = _site(PortalHome(config.gateway.name))
+            home_page = PortalHome(config.gateway.name)
+            home_page.putChild(b"api", build_api(self.db, self.blobs, self.signer, self._now))
+            site = _site(home_page)
             doors.append(Door("portal", config.listen.portal, self._guard(with_tls(tls, site), "portal", extra)))
         if config.listen.metrics:
             site = _site(operations_root(self.metrics, self.directory.health))

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.gateway.test_app -*-
 """The recipients' portal listener (server-only TLS).
 
-The portal's API and HTML arrive with the portal work; this listener already has its final TLS and
-allowlist wrapping, and answers ``/`` with a page saying so.
+The JSON API lives under ``/api`` (:mod:`gateway.portal_api`, mounted by the app); the HTML portal
+arrives with the portal work, and until then ``/`` is a page saying so.
 """
 
 import html
@@ -11,21 +11,28 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 
-class PortalHome(resource.Resource):
-    """``GET /``: the portal's landing page."""
-
+class _NotFound(resource.Resource):
     isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Not found\n"
+
+
+class PortalHome(resource.Resource):
+    """``GET /``: the portal's landing page; children (``/api``) are mounted on it."""
 
     def __init__(self, gateway_name: str):
         super().__init__()
         self._name = gateway_name
 
+    def getChild(self, path: bytes, request: IRequest) -> resource.Resource:
+        """``/`` is this page; anything not mounted is a plain 404."""
+        return self if path == b"" and not request.postpath else _NotFound()
+
     def render_GET(self, request: IRequest) -> bytes:
         """A minimal page naming the gateway."""
-        if request.postpath not in ([], [b""]):
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"Not found\n"
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", b"default-src 'none'")
         name = html.escape(self._name)
