@@ -316,7 +316,7 @@ def audit_group() -> None:
 @pass_ctx
 def audit_verify(c: Context, as_json: bool) -> None:
     """Check every link of the chain; exit 1 naming the first broken row."""
-    with c.transaction() as conn:
+    with c.reading() as conn:
         verdict = audit.verify(conn)
     if as_json:
         emit_json(attrs.asdict(verdict))
@@ -334,7 +334,7 @@ def audit_verify(c: Context, as_json: bool) -> None:
 @pass_ctx
 def audit_list(c: Context, after: int, limit: int, message_id: str | None, as_json: bool) -> None:
     """Audit events in order."""
-    with c.transaction() as conn:
+    with c.reading() as conn:
         rows = [e.to_json() for e in audit.events(conn, after=after, limit=limit, message_id=message_id)]
     if as_json:
         emit_json(rows)

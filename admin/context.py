@@ -20,7 +20,7 @@ from gateway.home import Home
 from partners.errors import PartnerError
 from spool import audit
 from spool.blobs import BlobStore, SpoolError
-from spool.database import DatabaseError, check_current, create_engine
+from spool.database import DatabaseError, check_current, create_engine, reading
 from spool.records import RecordError
 
 #: Who the audit trail names for changes made here.
@@ -55,6 +55,12 @@ class Context:
     def transaction(self):
         """One transaction: the whole change or nothing."""
         return self.engine.begin()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite it neither waits for nor blocks the daemon's writes."""
+        with reading(self.engine) as conn, conn.begin():
+            yield conn
 
     @property
     def blobs(self) -> BlobStore:

@@ -33,7 +33,7 @@ def message() -> None:
 @pass_ctx
 def message_list(c: Context, partner_id: str | None, state: str | None, limit: int, as_json: bool) -> None:
     """Messages, newest first."""
-    with c.transaction() as conn:
+    with c.reading() as conn:
         rows = [m.to_json() for m in records.list_messages(conn, partner_id=partner_id, state=state, limit=limit)]
     if as_json:
         emit_json(rows)
@@ -76,7 +76,7 @@ def _show(conn: Connection, message_id: str) -> dict[str, Any]:
 @pass_ctx
 def message_show(c: Context, message_id: str, as_json: bool) -> None:
     """One message: its fields, deliveries, receipts, mailbox state and audit events."""
-    with c.transaction() as conn:
+    with c.reading() as conn:
         record = _show(conn, message_id)
     emit_json(record) if as_json else emit_record(record)
 
@@ -150,9 +150,8 @@ def spool_check(c: Context, as_json: bool) -> None:
     Blobs no row names are counted, never deleted.
     """
     blobs = c.blobs
-    # Hashing can take long: it reads in its own transaction, so the gateway keeps committing meanwhile
-    # (an SQLite reader that later writes would fail once another writer has committed).
-    with c.transaction() as conn:
+    # Hashing can take long: it reads in its own read-only transaction, so the gateway keeps committing.
+    with c.reading() as conn:
         report = check_spool(conn, blobs)
     with c.transaction() as conn:
         at = now()

@@ -16,11 +16,12 @@ from gateway.database_service import DatabaseService
 from gateway.metrics import Metrics
 from partners.directory import PartnerDirectory, load_directory
 from partners.store import directory_version
+from spool.database import reading
 
 
 def thd_poll(engine: Engine, known_version: int) -> PartnerDirectory | None:
     """A new snapshot when the directory changed since ``known_version``, else None."""
-    with engine.begin() as conn:
+    with reading(engine) as conn, conn.begin():
         if directory_version(conn) == known_version:
             return None
         return load_directory(conn)

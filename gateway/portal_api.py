@@ -21,8 +21,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import attrs
-from sqlalchemy import update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThread
@@ -40,7 +39,6 @@ from partners.tokens import TokenInfo
 from spool import audit, records
 from spool.blobs import BlobNotFound, BlobStore
 from spool.records import MailboxItem, Message, UnknownMessage
-from spool.schema import mailbox_items
 
 _log = Logger()
 
@@ -172,25 +170,11 @@ def thd_mark(engine: Engine, signer: ReceiptSigner, token: TokenInfo, message_id
         return item  # already on record: nothing to sign, nothing to write
     receipt = signer.returned(item.message, event, now)
     with engine.begin() as conn:
-        _lock_item(conn, token.partner_id, message_id)
         if records.mark_item(conn, token.partner_id, message_id, event, now):  # False: a concurrent request won
             audit.append(conn, f"token:{token.prefix}", _EVENTS[event], now, message_id=message_id,
                          details={"partner": token.partner_id})
             records.insert_receipt(conn, receipt)
         return records.mailbox_item(conn, token.partner_id, message_id)
-
-
-def _lock_item(conn: Connection, partner_id: str, message_id: str) -> None:
-    """Take the mailbox item's write lock before ``mark_item`` reads it.
-
-    ``mark_item`` reads, then writes. Without the lock, two concurrent marks both read "not yet" on
-    PostgreSQL and both record (two receipts), and on SQLite the second cannot upgrade its stale read
-    to a write and fails with "database is locked" instead of waiting. A no-op UPDATE locks the row
-    (PostgreSQL) or the database (SQLite) first, so marks queue up and the later ones see the first.
-    """
-    conn.execute(update(mailbox_items).where(mailbox_items.c.message_id == message_id,
-                                             mailbox_items.c.recipient_id == partner_id)
-                 .values(state=mailbox_items.c.state))
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------

@@ -44,8 +44,22 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+#: Execution option for connections that only read (``reading(engine)``): a plain deferred ``BEGIN``.
+READ_ONLY = "postroom_read_only"
+
+
 def _begin_sqlite(conn) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # A deferred transaction that read a snapshot cannot upgrade to writing once another connection
+    # has committed: SQLite answers "database is locked" at once, busy_timeout does not help. Every
+    # transaction that may write therefore takes the write lock up front (waiting up to busy_timeout);
+    # readers that say so (``reading``) keep WAL's concurrent, lock-free snapshots.
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def reading(engine: Engine):
+    """A connection for read-only work: on SQLite it never waits for, or blocks, a writer."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
 
 
 def create_engine(url: str) -> Engine:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from spool.schema import deliveries, mailbox_items, messages, quarantine, receipts
@@ -382,18 +382,21 @@ def mailbox_item(conn: Connection, recipient_id: str, message_id: str) -> Mailbo
 def mark_item(conn: Connection, recipient_id: str, message_id: str, event: str, now: datetime) -> bool:
     """Record ``downloaded`` or ``acknowledged``; True the first time, False when it was already so.
 
-    A download after an acknowledgement leaves the item acknowledged.
+    One conditional UPDATE, so of two concurrent marks exactly one wins on every backend. A download
+    after an acknowledgement leaves the item acknowledged.
+
+    :raises UnknownMessage: not in this mailbox.
     """
-    item = mailbox_item(conn, recipient_id, message_id)
     column = {"downloaded": "downloaded_at", "acknowledged": "acknowledged_at"}[event]
-    if getattr(item, column) is not None:
-        return False
-    values: dict[str, Any] = {column: now}
-    if event == "acknowledged" or item.state == "new":
-        values["state"] = event
-    conn.execute(update(mailbox_items).where(mailbox_items.c.message_id == message_id,
-                                             mailbox_items.c.recipient_id == recipient_id).values(**values))
-    return True
+    state = "acknowledged" if event == "acknowledged" else case(
+        (mailbox_items.c.state == "new", "downloaded"), else_=mailbox_items.c.state)
+    won = conn.execute(update(mailbox_items).where(
+        mailbox_items.c.message_id == message_id, mailbox_items.c.recipient_id == recipient_id,
+        mailbox_items.c[column].is_(None),
+    ).values({column: now, "state": state})).rowcount == 1
+    if not won:
+        mailbox_item(conn, recipient_id, message_id)  # raises when it is not in this mailbox at all
+    return won
 
 
 def mailbox_count(conn: Connection, message_id: str) -> int:

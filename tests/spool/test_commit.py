@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from spool import crashpoints, records
 from spool.blobs import BlobStore, SpoolWriteError
 from spool.commit import Outcome, Work, commit_batch
-from spool.database import create_engine, upgrade
+from spool.database import create_engine, reading, upgrade
 from spool.schema import messages
 from tests.spool.test_blobs import FailingFileSystem, stage, tmp_names
 
@@ -62,8 +62,8 @@ def work(store: BlobStore, data: bytes, **options) -> Work:
 
 
 def stored_ids(engine) -> set[str]:
-    """The IDs of every recorded message."""
-    with engine.connect() as conn:
+    """The IDs of every recorded message (a reader: it neither waits for nor blocks a writer)."""
+    with reading(engine) as conn:
         return set(conn.scalars(select(messages.c.id)))
 
 
