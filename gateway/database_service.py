@@ -8,33 +8,23 @@ Functions handed to :meth:`DatabaseService.run` are named ``thd_*`` by conventio
 from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+
+from gateway.pools import ThreadPoolService
 
 
-class DatabaseService(Service):
+class DatabaseService(ThreadPoolService):
     """Owns the engine and its thread pool; stopping waits for work in flight to finish."""
 
-    name = "database"
-
     def __init__(self, engine: Engine, reactor, threads: int = 4):
+        super().__init__(reactor, "db", threads)
         self.engine = engine
-        self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="postroom-db")
-
-    def startService(self) -> None:
-        """Start the pool."""
-        super().startService()
-        self._pool.start()
 
     def stopService(self) -> None:
         """Finish queued work, then release the threads and the connections."""
         super().stopService()
-        self._pool.stop()
         self.engine.dispose()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         """Call ``fn(engine, *args)`` in the pool."""
-        return deferToThreadPool(self._reactor, self._pool, fn, self.engine, *args)
+        return super().run(fn, self.engine, *args)

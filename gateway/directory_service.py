@@ -8,12 +8,13 @@ reaches a running daemon within seconds, and works the same with several daemons
 
 from sqlalchemy.engine import Engine
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.database_service import DatabaseService
 from gateway.metrics import Metrics
+from gateway.milestone import Milestone
 from partners.directory import PartnerDirectory, load_directory
 from partners.store import directory_version
 from spool.database import reading
@@ -39,18 +40,14 @@ class DirectoryService(Service):
         self._clock = clock
         self._interval = interval
         self._metrics = metrics
-        self._waiting: list[Deferred] = []
+        self._loaded_once = Milestone()
         self.last_success: float | None = None
         self._loop = LoopingCall(self._poll)
         self._loop.clock = clock
 
     def when_ready(self) -> Deferred:
         """A Deferred that fires once the first snapshot is loaded."""
-        if self.last_success is not None:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._waiting.append(d)
-        return d
+        return self._loaded_once.wait()
 
     def startService(self) -> None:
         """Load now, then poll every interval."""
@@ -95,9 +92,7 @@ class DirectoryService(Service):
                 self._metrics.partners.labels(status=status).set(count)
             self._log.info("partner directory version {version} loaded (was {old}): {n} partners",
                            version=snapshot.version, old=old, n=len(snapshot.partners))
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
+        self._loaded_once.reach()
 
     def _failed(self, failure) -> None:
         self._metrics.directory_errors.inc()

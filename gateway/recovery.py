@@ -19,10 +19,11 @@ import attrs
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gateway.database_service import DatabaseService
+from gateway.milestone import Milestone
 from gateway.router import targets_for
 from partners.directory import PartnerDirectory
 from spool import audit, records
@@ -79,14 +80,13 @@ class RecoveryService(Service):
         self._directory = directory
         self._worker = worker
         self._now = now
-        self._waiting: list[Deferred] = []
+        self._done = Milestone()
         self.report: RecoveryReport | None = None
-        self._failure = None
 
     def startService(self) -> None:
         """Recover in the background; waiters are released when it is done."""
         super().startService()
-        Deferred.fromCoroutine(self._recover()).addErrback(self._failed)
+        Deferred.fromCoroutine(self._recover()).addErrback(self._done.fail)
 
     async def _recover(self) -> None:
         await self._directory_ready()
@@ -98,22 +98,8 @@ class RecoveryService(Service):
         for message_id in report.corrupt:
             self._log.error("message {id} is corrupt: its stored bytes are missing or changed; restore the spool "
                             "from backup and run `postroom spool check`", id=message_id)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(report)
-
-    def _failed(self, failure) -> None:
-        self._failure = failure
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(failure)
+        self._done.reach(report)
 
     def when_done(self) -> Deferred:
         """Fires with the :class:`RecoveryReport` once recovery has finished (fails if it could not run)."""
-        if self.report is not None:
-            return succeed(self.report)
-        if self._failure is not None:
-            return fail(self._failure)
-        d: Deferred = Deferred()
-        self._waiting.append(d)
-        return d
+        return self._done.wait()
