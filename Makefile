@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOME_DIR ?= ./var
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 # Debian packages the product needs at run time, and what the tests drive it with.
 RUN_DEBS  := openssl ca-certificates
 TEST_DEBS := $(RUN_DEBS) curl postgresql
 
-.PHONY: run test lint clean venv debs-run debs-test
+.PHONY: run test lint bench clean venv debs-run debs-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { tools/ensure-debs python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -41,6 +42,10 @@ test: debs-test venv
 lint: venv
 	$(BIN)/lint-imports --config setup.cfg
 	$(BIN)/ruff check .
+
+## make bench: intake throughput on the real disk, with its peers (bench/README.md); BENCH_ARGS=--help for options.
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

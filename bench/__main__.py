@@ -1,0 +1,5 @@
+"""``python -m bench``: the intake throughput benchmark (see :mod:`bench.intake`)."""
+
+from bench.intake import main
+
+main()
