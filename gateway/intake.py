@@ -101,10 +101,11 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
     try:
         data = _read(staged.path)
         if _looks_like_xml(data) or not policy.allow_opaque:
+            root = xmldoc.parse(data)
             result = xmldoc.verify_signature(
-                data, sender.certificates.get("sign", ()), cas=sender.cas.get("sign", ()),
+                root, sender.certificates.get("sign", ()), cas=sender.cas.get("sign", ()),
                 require=policy.require_xmldsig, allow_sha1=policy.allow_sha1, now=now)
-            document = xmldoc.identify(result.signed_xml if result.signed else xmldoc.parse(data))
+            document = xmldoc.identify(result.signed_xml if result.signed else root)
             if not policy.allow_opaque:
                 xmldoc.require_known(document)
             signed = result.signed

@@ -209,8 +209,26 @@ def parse(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH
     return root
 
 
+def _xpath(path: str) -> etree.XPath:
+    """This thread's compiled XPath for ``path`` (compiled once per thread, like the parser)."""
+    cache = _local.__dict__.setdefault("xpaths", {})
+    if path not in cache:
+        cache[path] = etree.XPath(path, namespaces=NS)
+    return cache[path]
+
+
+def _looks_clean(root: etree._Element, max_depth: int) -> bool:
+    """The common case, decided inside libxml2: no entity reference, no XInclude, nothing too deep."""
+    too_deep = _xpath("/".join(["*"] * max_depth))  # from the root: elements at depth max_depth + 1
+    return (next(root.iter(etree.Entity), None) is None
+            and next(root.iter(*(f"{{{ns}}}*" for ns in _XINCLUDE_NS)), None) is None
+            and not too_deep(root))
+
+
 def _check_tree(root: etree._Element, max_depth: int) -> None:
-    """Walk the tree once, without recursion: depth cap, no entity references, no XInclude."""
+    """Depth cap, no entity references, no XInclude; the Python walk runs only to name what is wrong."""
+    if _looks_clean(root, max_depth):
+        return
     depth = 0
     for event, node in etree.iterwalk(root, events=("start", "end")):
         if event == "end":
@@ -295,7 +313,7 @@ class Document:
 
 def _text(root: etree._Element, path: str) -> str | None:
     """The stripped text of the first match of a namespace-qualified XPath, or ``None`` when empty."""
-    found = root.xpath(path, namespaces=NS)
+    found = _xpath(path)(root)
     if not found:
         return None
     node = found[0]
@@ -305,7 +323,7 @@ def _text(root: etree._Element, path: str) -> str | None:
 
 
 def _participant(root: etree._Element, path: str) -> str | None:
-    found = root.xpath(path, namespaces=NS)
+    found = _xpath(path)(root)
     if not found:
         return None
     scheme, value = (found[0].get("schemeID") or "").strip(), (found[0].text or "").strip()

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Iterator
 
 import attrs
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from spool.schema import audit_head, audit_log
@@ -66,6 +66,13 @@ def _digest(seq: int, at: datetime, actor: str, event: str, message_id: str | No
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# Built once: the hot path passes values at execute time, so SQLAlchemy reuses the compiled statement.
+_BUMP_HEAD = (update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1)
+              .returning(audit_head.c.seq, audit_head.c.hash))
+_INSERT_EVENT = insert(audit_log)
+_SET_HEAD_HASH = update(audit_head).where(audit_head.c.id == 1).values(hash=bindparam("head_hash"))
+
+
 def append(conn: Connection, actor: str, event: str, now: datetime, *,
            message_id: str | None = None, details: dict[str, Any] | None = None) -> Event:
     """Append one event in the caller's transaction and return it.
@@ -75,15 +82,11 @@ def append(conn: Connection, actor: str, event: str, now: datetime, *,
     :param details: JSON-serialisable facts; never secrets.
     """
     details = json.loads(json.dumps(details or {}))  # exactly what the database will hand back
-    seq, prev = conn.execute(
-        update(audit_head).where(audit_head.c.id == 1)
-        .values(seq=audit_head.c.seq + 1)
-        .returning(audit_head.c.seq, audit_head.c.hash)
-    ).one()
+    seq, prev = conn.execute(_BUMP_HEAD).one()
     digest = _digest(seq, now, actor, event, message_id, details, prev)
-    conn.execute(insert(audit_log).values(seq=seq, at=now, actor=actor, event=event, message_id=message_id,
-                                          details=details, prev_hash=prev, hash=digest))
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=digest))
+    conn.execute(_INSERT_EVENT, {"seq": seq, "at": now, "actor": actor, "event": event, "message_id": message_id,
+                                 "details": details, "prev_hash": prev, "hash": digest})
+    conn.execute(_SET_HEAD_HASH, {"head_hash": digest})
     return Event(seq, now, actor, event, message_id, details, prev, digest)
 
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from spool.schema import deliveries, mailbox_items, messages, quarantine, receipts
@@ -134,14 +134,28 @@ def insert_message(conn: Connection, message: Message, targets: Iterable[tuple[s
     :raises sqlalchemy.exc.IntegrityError: the sender already used this external ID (a duplicate that
         raced past :func:`find_duplicate`); run it in a savepoint to keep the rest of a batch.
     """
-    conn.execute(insert(messages).values(**attrs.asdict(message)))
+    conn.execute(_INSERT_MESSAGE, attrs.asdict(message))
     ids = []
     for recipient_id, target in targets:
-        ids.append(conn.execute(insert(deliveries).values(
-            message_id=message.id, recipient_id=recipient_id, target=target, state="pending", attempts=0,
-            next_attempt_at=message.received_at, updated_at=message.received_at,
-        )).inserted_primary_key[0])
+        ids.append(conn.execute(_INSERT_DELIVERY, {
+            "message_id": message.id, "recipient_id": recipient_id, "target": target, "state": "pending",
+            "attempts": 0, "next_attempt_at": message.received_at, "updated_at": message.received_at,
+        }).inserted_primary_key[0])
     return ids
+
+
+# Built once: the intake's hot path passes values at execute time, so compiled statements are reused.
+_INSERT_MESSAGE = insert(messages)
+_INSERT_DELIVERY = insert(deliveries)
+_INSERT_RECEIPT = insert(receipts)
+_BY_EXTERNAL_ID = select(messages).where(messages.c.sender_id == bindparam("sender"),
+                                         messages.c.external_id == bindparam("external_id"))
+_SAME_DOCUMENT = select(messages).where(messages.c.sender_id == bindparam("sender"),
+                                        messages.c.number == bindparam("number"),
+                                        messages.c.issue_date == bindparam("issue_date")).order_by(messages.c.id)
+_SAME_UNDATED_DOCUMENT = select(messages).where(messages.c.sender_id == bindparam("sender"),
+                                                messages.c.number == bindparam("number"),
+                                                messages.c.issue_date.is_(None)).order_by(messages.c.id)
 
 
 def get_message(conn: Connection, message_id: str) -> Message:
@@ -154,16 +168,14 @@ def get_message(conn: Connection, message_id: str) -> Message:
 
 def find_by_external_id(conn: Connection, sender_id: str, external_id: str) -> Message | None:
     """The message this sender already sent under this message ID / idempotency key, if any."""
-    row = conn.execute(select(messages).where(
-        messages.c.sender_id == sender_id, messages.c.external_id == external_id)).first()
+    row = conn.execute(_BY_EXTERNAL_ID, {"sender": sender_id, "external_id": external_id}).first()
     return Message.from_row(row) if row is not None else None
 
 
 def find_same_document(conn: Connection, sender_id: str, number: str, issue_date: str | None) -> list[Message]:
     """Messages from this sender carrying the same document number and issue date, oldest first."""
-    date = messages.c.issue_date.is_(None) if issue_date is None else messages.c.issue_date == issue_date
-    rows = conn.execute(select(messages).where(messages.c.sender_id == sender_id, messages.c.number == number, date)
-                        .order_by(messages.c.id))
+    query = _SAME_UNDATED_DOCUMENT if issue_date is None else _SAME_DOCUMENT
+    rows = conn.execute(query, {"sender": sender_id, "number": number, "issue_date": issue_date})
     return [Message.from_row(r) for r in rows]
 
 
@@ -453,7 +465,7 @@ class StoredReceipt:
 
 def insert_receipt(conn: Connection, receipt: StoredReceipt) -> None:
     """Keep a receipt's exact bytes."""
-    conn.execute(insert(receipts).values(**attrs.asdict(receipt)))
+    conn.execute(_INSERT_RECEIPT, attrs.asdict(receipt))
 
 
 def get_receipt(conn: Connection, receipt_id: str) -> StoredReceipt | None:
