@@ -13,8 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Callable
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
@@ -41,7 +41,7 @@ from protocols.listen import AllowlistFactory, with_tls
 from protocols.upload import api_root
 from spool import records
 from spool.blobs import BlobStore
-from spool.database import check_current, create_engine
+from spool.database import check_current, create_engine, reading
 
 _log = Logger()
 
@@ -91,16 +91,18 @@ class PostroomService(MultiService):
         for service in (self.io, self.cpu, self.committer):
             service.setServiceParent(self)
         worker = socket.gethostname()
+        push_targets: dict = {}  # AS2, SFTP and email push clients register here with their doors
+        pushable = frozenset(push_targets)
         self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
-                                        self._now)
+                                        self._now, pushable)
         self.recovery.setServiceParent(self)
         self.delivery = DeliveryService(
-            self.db, reactor, self._now, self.directory.get, {}, ready=self.recovery.when_done,
+            self.db, reactor, self._now, self.directory.get, push_targets, ready=self.recovery.when_done,
             max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=worker)
         self.delivery.setServiceParent(self)
         self.signer = ReceiptSigner.from_config(config)
         self.intake = Intake(self.blobs, self.io.run, self.cpu.run, self.committer.commit, self.directory.get,
-                             self.signer, self._now, on_accepted=self.delivery.wake)
+                             self.signer, self._now, on_accepted=self.delivery.wake, pushable=pushable)
         identity = load_key_and_certificate(
             read_file(home.resolve(config.tls.private_key)),
             read_file(home.resolve(config.tls.certificate)),
@@ -111,6 +113,19 @@ class PostroomService(MultiService):
             reactor, self._doors(config, reactor, identity), home.ports_file, self.recovery.when_done, on_fatal
         )
         self.listeners.setServiceParent(self)
+
+    def stopService(self) -> Deferred:
+        """Stop the children one at a time, last started first, each after the previous has finished.
+
+        ``MultiService`` stops them all at once: the thread pools would stop under work still in
+        flight (listeners and delivery rounds use them until they are done), and hang the shutdown.
+        """
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_order())
+
+    async def _stop_in_order(self) -> None:
+        for service in reversed(list(self)):
+            await maybeDeferred(service.stopService)
 
     def _now(self) -> datetime:
         return datetime.now(UTC)
@@ -165,7 +180,7 @@ class PostroomService(MultiService):
 
 def thd_get_receipt(engine, receipt_id: str):
     """A stored receipt by ID, or None."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return records.get_receipt(conn, receipt_id)
 
 

@@ -55,6 +55,8 @@ class GroupCommitter(Service):
     def stopService(self) -> Deferred | None:
         """Commit everything already queued, then stop the thread: every caller gets its answer."""
         super().stopService()
+        if self._pool.joined:
+            return None
         if not self._busy:
             self._pool.stop()
             return None

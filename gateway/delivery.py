@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from gateway.database_service import DatabaseService
 from partners.directory import Partner, PartnerDirectory
 from spool import audit, crashpoints, records
+from spool.database import reading
 from spool.records import Delivery, Message
 
 ACTOR = "gateway"
@@ -66,9 +67,9 @@ def thd_file_in_mailboxes(engine: Engine, batch: list[Delivery], worker: str, no
     filed = 0
     with engine.begin() as conn:
         for delivery in batch:
-            new = records.put_in_mailbox(conn, delivery.message_id, delivery.recipient_id, now)
+            # the claim first: a worker whose lease ran out files nothing (the new holder does)
             if records.complete(conn, delivery, worker, now):
-                filed += new
+                filed += records.put_in_mailbox(conn, delivery.message_id, delivery.recipient_id, now)
                 audit.append(conn, ACTOR, "delivery.done", now, message_id=delivery.message_id, details={
                     "delivery": delivery.id, "target": "mailbox", "recipient": delivery.recipient_id})
         crashpoints.reached("after-deliver")
@@ -101,7 +102,7 @@ def thd_postpone(engine: Engine, delivery: Delivery, worker: str, now: datetime,
 
 def thd_message(engine: Engine, message_id: str) -> Message:
     """Read one message."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return records.get_message(conn, message_id)
 
 
@@ -197,6 +198,11 @@ class DeliveryService(Service):
         else:
             try:
                 message = await self._db.run(thd_message, delivery.message_id)
+            except Exception as e:  # our side failed, not the recipient: no attempt is used up
+                await self._db.run(thd_postpone, delivery, self.worker, self._now(), f"cannot load the message: {e}",
+                                   self._now() + timedelta(seconds=self._backoff))
+                return
+            try:
                 await target.push(message, delivery, recipient)
             except DeliveryFailed as e:
                 error, permanent = str(e), e.permanent

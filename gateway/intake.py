@@ -15,6 +15,7 @@ the door must answer "try again later", never a receipt.
 """
 
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -95,11 +96,14 @@ def _looks_like_xml(data: bytes) -> bool:
 
 
 def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirectory, signer: ReceiptSigner,
-                now: datetime) -> _Examined | _Refused:
+                now: datetime, pushable: frozenset[str] | None = None) -> _Examined | _Refused:
     """Check the document, route it, and sign its acceptance receipt (CPU work, off the reactor)."""
     sender, policy = envelope.sender, envelope.sender.policy
     try:
         data = _read(staged.path)
+    except OSError as e:
+        raise IntakeUnavailable(f"cannot read the staged payload back: {e}") from e
+    try:
         if _looks_like_xml(data) or not policy.allow_opaque:
             root = xmldoc.parse(data)
             result = xmldoc.verify_signature(
@@ -115,7 +119,7 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
         decision = route(directory, sender, kind=kind, channel=envelope.channel,
                          receiver=document.customer_id if document else None,
                          supplier=document.supplier_id if document else None,
-                         door_recipient=envelope.door_recipient)
+                         door_recipient=envelope.door_recipient, pushable=pushable)
     except xmldoc.DocumentRejected as e:
         return _Refused(tuple(e.findings))
     except RouteRefused as e:
@@ -237,7 +241,8 @@ class Intake:
 
     def __init__(self, store: BlobStore, run_io: Callable[..., Deferred], run_cpu: Callable[..., Deferred],
                  commit: Callable[..., Deferred], directory: Callable[[], PartnerDirectory], signer: ReceiptSigner,
-                 clock: Callable[[], datetime], on_accepted: Callable[[], None] = lambda: None):
+                 clock: Callable[[], datetime], on_accepted: Callable[[], None] = lambda: None,
+                 pushable: frozenset[str] | None = None):
         self._store = store
         self._run_io = run_io
         self._run_cpu = run_cpu
@@ -246,6 +251,7 @@ class Intake:
         self._signer = signer
         self._clock = clock
         self._on_accepted = on_accepted
+        self._pushable = pushable
 
     def accept(self, envelope: Envelope, payload: bytes | IO[bytes] | StagedBlob) -> Deferred:
         """Take one payload; fires with a :class:`Decision`, or fails with :class:`IntakeUnavailable`."""
@@ -266,14 +272,18 @@ class Intake:
                 raise IntakeUnavailable(f"cannot spool the payload: {e}") from e
         crashpoints.reached("after-stage")
         try:
-            examined = await self._run_cpu(thd_examine, staged, envelope, self._directory(), self._signer, now)
+            examined = await self._run_cpu(thd_examine, staged, envelope, self._directory(), self._signer, now,
+                                           self._pushable)
+            if isinstance(examined, _Refused):
+                return await self._reject(envelope, examined.findings, staged, staged.size, now)
+            decision = await self._durably(
+                [staged], thd_record_acceptance, envelope, examined, self._signer, now)
         except BaseException:
-            self._store.discard(staged)
+            # published or not, a staged file left behind is removed here (a published blob's temporary
+            # name is gone already; discarding is then a no-op); what cannot be removed now, recovery does
+            with suppress(Exception):
+                await self._run_io(self._store.discard, staged)
             raise
-        if isinstance(examined, _Refused):
-            return await self._reject(envelope, examined.findings, staged, staged.size, now)
-        decision = await self._durably(
-            [staged], thd_record_acceptance, envelope, examined, self._signer, now)
         if decision.outcome == "accepted":
             self._on_accepted()
         return decision

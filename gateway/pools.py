@@ -9,9 +9,13 @@ and OpenSSL release the GIL, so one thread per core keeps the cores busy without
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+
+
+class PoolStopped(Exception):
+    """Work was handed to a pool after the daemon stopped it."""
 
 
 class ThreadPoolService(Service):
@@ -28,10 +32,13 @@ class ThreadPoolService(Service):
         self._pool.start()
 
     def stopService(self) -> None:
-        """Finish queued work and release the threads."""
+        """Finish queued work and release the threads (once; a second stop is a no-op)."""
         super().stopService()
-        self._pool.stop()
+        if not self._pool.joined:
+            self._pool.stop()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Deferred:
-        """Call ``fn(*args)`` in the pool."""
+        """Call ``fn(*args)`` in the pool; fails at once when the pool has been stopped (it would never fire)."""
+        if self._pool.joined:
+            return fail(PoolStopped(f"the {self.name} thread pool has stopped"))
         return deferToThreadPool(self._reactor, self._pool, fn, *args)

@@ -45,7 +45,7 @@ class RecoveryReport:
 
 
 def thd_recover(engine: Engine, store: BlobStore, directory: PartnerDirectory, worker: str,
-                now: datetime) -> RecoveryReport:
+                now: datetime, pushable: frozenset[str] | None = None) -> RecoveryReport:
     """Run every recovery step; one transaction for the database steps."""
     removed = store.clean_tmp()
     with engine.begin() as conn:
@@ -53,7 +53,8 @@ def thd_recover(engine: Engine, store: BlobStore, directory: PartnerDirectory, w
         rerouted = []
         for message in records.messages_without_deliveries(conn):
             recipient = directory.get(message.recipient_id)
-            targets = targets_for(recipient) if recipient is not None else ((message.recipient_id, "mailbox"),)
+            targets = (targets_for(recipient, pushable) if recipient is not None
+                       else ((message.recipient_id, "mailbox"),))
             records.add_deliveries(conn, message.id, targets, now)
             audit.append(conn, ACTOR, "message.rerouted", now, message_id=message.id,
                          details={"recipient": message.recipient_id, "deliveries": [t for _, t in targets]})
@@ -73,13 +74,15 @@ class RecoveryService(Service):
     name = "recovery"
     _log = Logger()
 
-    def __init__(self, db: DatabaseService, store: BlobStore, directory_ready, directory, worker: str, now):
+    def __init__(self, db: DatabaseService, store: BlobStore, directory_ready, directory, worker: str, now,
+                 pushable: frozenset[str] | None = None):
         self._db = db
         self._store = store
         self._directory_ready = directory_ready
         self._directory = directory
         self._worker = worker
         self._now = now
+        self._pushable = pushable
         self._done = Milestone()
         self.report: RecoveryReport | None = None
 
@@ -90,7 +93,8 @@ class RecoveryService(Service):
 
     async def _recover(self) -> None:
         await self._directory_ready()
-        report = await self._db.run(thd_recover, self._store, self._directory(), self._worker, self._now())
+        report = await self._db.run(thd_recover, self._store, self._directory(), self._worker, self._now(),
+                                    self._pushable)
         self.report = report
         self._log.info("recovery: {tmp} temporary files removed, {claims} deliveries re-queued, {rerouted} "
                        "messages re-routed, {corrupt} corrupt", tmp=report.temp_files_removed,

@@ -14,6 +14,8 @@ mailbox item (its history in the portal and SFTP ``/outbox/``); a partner that a
 deliveries gets a push delivery as well.
 """
 
+from collections.abc import Collection
+
 import attrs
 
 from partners.directory import Partner, PartnerDirectory
@@ -47,21 +49,27 @@ def _owner(directory: PartnerDirectory, participant: str | None) -> Partner | No
     return directory.participant_owner(participant) if participant is not None else None
 
 
-def targets_for(recipient: Partner) -> tuple[tuple[str, str], ...]:
-    """Mailbox always; the partner's push target too when it asked for push."""
+def targets_for(recipient: Partner, pushable: Collection[str] | None = None) -> tuple[tuple[str, str], ...]:
+    """Mailbox always; the partner's push target too when it asked for push and a client for it exists.
+
+    :param pushable: the push targets this gateway has clients for (``None``: assume all). A push
+        that could never run would keep the message ``accepted`` for ever.
+    """
     planned = [(recipient.id, "mailbox")]
-    if recipient.deliver != "mailbox":
+    if recipient.deliver != "mailbox" and (pushable is None or recipient.deliver in pushable):
         planned.append((recipient.id, recipient.deliver))
     return tuple(planned)
 
 
 def route(directory: PartnerDirectory, sender: Partner, *, kind: str, channel: str, receiver: str | None,
-          supplier: str | None, door_recipient: str | None) -> RouteDecision:
+          supplier: str | None, door_recipient: str | None,
+          pushable: Collection[str] | None = None) -> RouteDecision:
     """Decide the recipient of one document.
 
     :param receiver: the document's receiver participant ID (``scheme:value``, normalised), if any.
     :param supplier: the document's supplier participant ID, if any.
     :param door_recipient: a partner ID the door derived from its own addressing, if any.
+    :param pushable: see :func:`targets_for`.
     :raises RouteRefused: ``GW-ROUTE-SENDER``, ``GW-ROUTE-UNKNOWN`` or ``GW-ROUTE-INACTIVE``.
     """
     claimed = _owner(directory, supplier)
@@ -70,21 +78,22 @@ def route(directory: PartnerDirectory, sender: Partner, *, kind: str, channel: s
                                    "partner; you may only send invoices under your own identifiers.", "supplier"))
     rule = first_match(directory.routes, sender_id=sender.id, receiver=receiver, kind=kind, channel=channel)
     if rule is not None:
-        return _decided(directory.get(rule.recipient_id), rule.recipient_id, f"rule:{rule.id}")
+        return _decided(directory.get(rule.recipient_id), rule.recipient_id, f"rule:{rule.id}", pushable)
     owner = _owner(directory, receiver)
     if owner is not None:
-        return _decided(owner, owner.id, "receiver")
+        return _decided(owner, owner.id, "receiver", pushable)
     if door_recipient is not None:
-        return _decided(directory.get(door_recipient), door_recipient, "door")
+        return _decided(directory.get(door_recipient), door_recipient, "door", pushable)
     problem = (f"No partner here has the receiver identifier {receiver}." if receiver
                else "The document names no receiver identifier.")
     raise RouteRefused(Finding(GW_ROUTE_UNKNOWN, f"{problem} Put the recipient's registered participant ID in the "
                                "customer's EndpointID (UBL) or URIID (CII) with its schemeID.", "customer"))
 
 
-def _decided(recipient: Partner | None, recipient_id: str, evidence: str) -> RouteDecision:
+def _decided(recipient: Partner | None, recipient_id: str, evidence: str,
+             pushable: Collection[str] | None) -> RouteDecision:
     if recipient is None or not recipient.active:
         raise RouteRefused(Finding(GW_ROUTE_INACTIVE, f"The recipient {recipient_id} does not accept documents "
                                    "at the moment; contact the gateway operator.", "customer"))
-    return RouteDecision(recipient, targets_for(recipient), evidence)
+    return RouteDecision(recipient, targets_for(recipient, pushable), evidence)
 

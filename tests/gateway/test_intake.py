@@ -20,7 +20,7 @@ from certs.x509 import load_certificate, read_file
 from gateway.committer import GroupCommitter
 from gateway.config import load
 from gateway.intake import Intake
-from gateway.pools import ThreadPoolService
+from gateway.pools import PoolStopped, ThreadPoolService
 from gateway.receipts import ReceiptSigner
 from partners.directory import PartnerDirectory, load_directory
 from partners.policy import Policy
@@ -176,3 +176,20 @@ async def test_a_database_outage_is_a_temporary_failure_never_a_receipt(gateway,
     gateway.engine.dispose()
     decision = await gateway.intake.accept(Envelope(acme, "https", external_id="x"), BASE)
     assert decision.outcome == "accepted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_staged_file_is_removed_when_the_commit_cannot_happen(gateway):
+    """The committer stopped (daemon shutting down): IntakeUnavailable and nothing left in tmp/."""
+    gateway.committer.stopService()
+    with pytest.raises(IntakeUnavailable):
+        await gateway.intake.accept(Envelope(gateway.directory.get("acme"), "https"), BASE)
+    assert list((gateway.store.root / "tmp").iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_pool_refuses_work_instead_of_never_answering(gateway):
+    """Work handed to a stopped pool fails at once with PoolStopped (a dead Deferred would hang shutdown)."""
+    gateway.cpu.stopService()
+    with pytest.raises(PoolStopped):
+        await gateway.cpu.run(len, b"x")

@@ -7,6 +7,7 @@ The router is a pure function of a directory snapshot, so every case builds its 
 
 import random
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -277,3 +278,10 @@ def test_route_follows_the_first_matching_rule_or_the_receiver(rules, message):
     else:
         assert decision.route == "receiver"
         assert message["receiver"] in decision.recipient.participant_ids
+
+
+def test_a_push_target_without_a_client_is_not_planned():
+    """A partner that asked for AS2 push gets only its mailbox delivery while no AS2 client exists."""
+    pusher = attrs.evolve(GLOBEX, deliver="as2")
+    assert targets_for(pusher, frozenset()) == (("globex", "mailbox"),)
+    assert targets_for(pusher, frozenset({"as2"})) == (("globex", "mailbox"), ("globex", "as2"))
