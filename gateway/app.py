@@ -38,7 +38,7 @@ from partners.networks import NetworkSet, parse_network
 from protocols.as2.resource import AS2Resource
 from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
-from protocols.upload import api_root
+from protocols.upload import api_root, bounded_request
 from spool import records
 from spool.blobs import BlobStore
 from spool.database import check_current, create_engine, reading
@@ -59,8 +59,10 @@ def install_reactor():
     return reactor
 
 
-def _site(root: resource.Resource) -> server.Site:
+def _site(root: resource.Resource, max_body: int | None = None) -> server.Site:
     site = server.Site(root, timeout=60)
+    if max_body is not None:
+        site.requestFactory = bounded_request(max_body)
     site.displayTracebacks = False
     site.noisy = False
     return site
@@ -164,7 +166,9 @@ class PostroomService(MultiService):
             root.putChild(b"as2", AS2Resource(self.directory.get, self._now))
             root.putChild(b"api", api_root(self.directory.get, self._now, self._accept, self._receipt))
             mtls = certs_tls.ServerTLS(certs_tls.server_context(identity, self._authorize_tls, b"postroom-as2"))
-            doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, _site(root)), "as2")))
+            # room for S/MIME's base64 and MIME wrapping around the largest payload we accept
+            max_body = 2 * config.limits.max_payload_bytes + (1 << 20)
+            doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, _site(root, max_body)), "as2")))
         if config.listen.portal:
             tls = certs_tls.ServerTLS(certs_tls.server_context(identity, None, b"postroom-portal"))
             extra = NetworkSet(parse_network(n) for n in config.portal.allow_ips)

@@ -13,6 +13,7 @@
 The partner is authenticated on every request (client certificate ∧ its own allowlist).
 """
 
+import io
 import json
 import re
 from collections.abc import Callable
@@ -184,6 +185,53 @@ class _Receipt(_Authenticated):
         request.setHeader(b"mime-version", b"1.0")
         request.setHeader(b"cache-control", b"no-store")
         self._finish(request, receipt.body)
+
+
+def bounded_request(max_body: int) -> type[server.Request]:
+    """A request class that refuses a body above ``max_body`` bytes while it is still arriving.
+
+    twisted.web buffers a whole body (to a temporary file) before any resource sees it, so without
+    this a partner with a valid certificate could fill the disk with one endless chunked request.
+    A declared ``Content-Length`` over the cap is refused before a byte of the body is read; a
+    chunked body as soon as it passes the cap. The answer is a bare ``413`` and the connection closes.
+    """
+
+    class BoundedRequest(server.Request):
+        _seen = 0
+        _refused = False
+
+        def gotLength(self, length: int | None) -> None:
+            if length is not None and length > max_body:
+                self._refuse()
+                return
+            super().gotLength(length)
+
+        def handleContentChunk(self, data: bytes) -> None:
+            if self._refused:
+                return
+            self._seen += len(data)
+            if self._seen > max_body:
+                self._refuse()
+                return
+            super().handleContentChunk(data)
+
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            if not self._refused:  # a refused body that arrived whole anyway is never processed
+                super().requestReceived(command, path, version)
+
+        def _refuse(self) -> None:
+            self._refused = True
+            old, self.content = getattr(self, "content", None), io.BytesIO()
+            if old is not None:
+                old.close()
+            body = json.dumps({"error": {"code": "GW-SIZE", "message": f"request bodies are limited to {max_body} "
+                                         "bytes on this listener"}}).encode()
+            self.channel.transport.write(
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.channel.loseConnection()
+
+    return BoundedRequest
 
 
 def api_root(directory: DirectorySource, now: Now, accept: Accept, lookup: ReceiptLookup) -> resource.Resource:

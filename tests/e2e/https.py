@@ -54,8 +54,8 @@ def _curl(daemon, path: str, args: list[str], partner: str, tmp: Path) -> Respon
 
 
 def post_document(daemon, document: Path | bytes, tmp: Path, *, partner: str = "acme", key: str | None = None,
-                  filename: str | None = None) -> Response:
-    """``POST /api/v1/documents`` with ``document`` as the body."""
+                  filename: str | None = None, chunked: bool = False) -> Response:
+    """``POST /api/v1/documents`` with ``document`` as the body (``chunked``: without a Content-Length)."""
     if isinstance(document, bytes):
         path = tmp / "upload.bin"
         path.write_bytes(document)
@@ -65,6 +65,8 @@ def post_document(daemon, document: Path | bytes, tmp: Path, *, partner: str = "
         args += ["-H", f"Idempotency-Key: {key}"]
     if filename is not None:
         args += ["-H", f'Content-Disposition: attachment; filename="{filename}"']
+    if chunked:
+        args += ["-H", "Transfer-Encoding: chunked"]
     return _curl(daemon, "/api/v1/documents", args, partner, tmp)
 
 

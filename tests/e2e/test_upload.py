@@ -121,5 +121,12 @@ def test_oversized_payload_is_refused_with_413_and_nothing_kept(home, tmp_path):
         assert [f["code"] for f in response.json()["findings"]] == ["GW-SIZE"]
         assert query(daemon, "SELECT sha256, codes FROM quarantine") == [(None, "GW-SIZE")]
         assert list((home.path / "spool" / "tmp").iterdir()) == []
+        # far above the listener's cap (2 x limit + 1 MiB): refused while the body is still arriving
+        huge = post_document(daemon, b"<Invoice>" + b" " * (3 << 20), tmp_path)
+        assert huge.status == 413 and huge.json()["error"]["code"] == "GW-SIZE"
+        endless = post_document(daemon, b"<Invoice>" + b" " * (3 << 20), tmp_path, chunked=True)
+        assert endless.status == 413
+        assert post_document(daemon, BASE_EXAMPLE.read_bytes()[:4000], tmp_path, chunked=True).status == 422
+        assert query(daemon, "SELECT codes FROM quarantine") == [("GW-SIZE",), ("GW-XML",)]
     finally:
         assert daemon.stop() == 0
