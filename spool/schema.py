@@ -58,7 +58,9 @@ messages = Table(
     Column("state", String(16), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("sender_id", "external_id", name="uq_messages_sender_external_id"),
-    Index("ix_messages_sender_document", "sender_id", "number", "issue_date"),
+    # EN 16931: an invoice number is unique per seller. Enforced here too, so two nodes racing on the same
+    # invoice cannot both accept it (rows without a number never collide: NULLs are distinct).
+    UniqueConstraint("sender_id", "number", "issue_date", name="uq_messages_sender_document"),
     CheckConstraint("state IN ('accepted', 'delivered', 'failed', 'corrupt')", name="state"),
 )
 

@@ -4,6 +4,7 @@ Every test runs on SQLite and on a fresh database of the session's throwaway Pos
 runs on PostgreSQL only, where two nodes claim from the same queue at once.
 """
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -39,12 +40,16 @@ def db(request, tmp_path):
     engine.dispose()
 
 
+_NUMBERS = itertools.count(1)
+
+
 def message(received_at: datetime = T0, *, sender_id: str = "acme", recipient_id: str = "globex",
             **fields) -> Message:
     """An accepted message as the intake records it."""
     values = dict(id=records.new_id(received_at), received_at=received_at, sender_id=sender_id,
                   recipient_id=recipient_id, channel="as2", sha256=SHA, size=1234, kind="ubl-invoice", signed=False,
-                  route="receiver", state="accepted", updated_at=received_at, number="INV-1", issue_date="2026-11-20")
+                  route="receiver", state="accepted", updated_at=received_at, number=f"INV-{next(_NUMBERS)}",
+                  issue_date="2026-11-20")
     values.update(fields)
     return Message(**values)
 
@@ -108,12 +113,13 @@ def test_a_sender_cannot_use_an_external_id_twice(db):
 def test_find_same_document_matches_number_and_issue_date_oldest_first(db):
     """Same sender, number and issue date (including a missing date) find each other; nothing else does."""
     old = insert(db, message(T0, number="INV-7"))
-    new = insert(db, message(T0 + timedelta(minutes=1), number="INV-7"))
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # EN 16931: one invoice per number and seller
+        insert(db, message(T0 + timedelta(minutes=1), number="INV-7"))
     insert(db, message(T0, number="INV-7", issue_date="2026-11-21"))
     insert(db, message(T0, number="INV-7", sender_id="globex", recipient_id="acme"))
     undated = insert(db, message(T0, number="INV-8", issue_date=None))
     with db.connect() as conn:
-        assert records.find_same_document(conn, "acme", "INV-7", "2026-11-20") == [old, new]
+        assert records.find_same_document(conn, "acme", "INV-7", "2026-11-20") == [old]
         assert records.find_same_document(conn, "acme", "INV-8", None) == [undated]
         assert records.find_same_document(conn, "acme", "INV-8", "2026-11-20") == []
 

@@ -79,11 +79,11 @@ def upgrade() -> None:
         sa.Column("updated_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_messages"),
         sa.UniqueConstraint("sender_id", "external_id", name="uq_messages_sender_external_id"),
+        sa.UniqueConstraint("sender_id", "number", "issue_date", name="uq_messages_sender_document"),
         sa.CheckConstraint("state IN ('accepted', 'delivered', 'failed', 'corrupt')", name=op.f("ck_messages_state")),
     )
     op.create_index("ix_messages_recipient_id", "messages", ["recipient_id"])
     op.create_index("ix_messages_sha256", "messages", ["sha256"])
-    op.create_index("ix_messages_sender_document", "messages", ["sender_id", "number", "issue_date"])
     op.create_table(
         "deliveries",
         sa.Column("id", sa.Integer, nullable=False),
