@@ -10,6 +10,8 @@ partner's own allowlist, not merely in someone's.
 from datetime import datetime
 from typing import Callable
 
+from twisted.logger import Logger
+from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from partners.directory import Partner, PartnerDirectory
@@ -40,3 +42,39 @@ def authenticate(request: IRequest, directory: PartnerDirectory, now: datetime) 
 
 DirectorySource = Callable[[], PartnerDirectory]
 Now = Callable[[], datetime]
+
+
+class PartnerResource(resource.Resource):
+    """A leaf resource only partners reach: authenticate every request, then ``handle_<METHOD>(request, partner)``.
+
+    Subclasses define the handlers and may override :meth:`answer` to change how refusals look.
+    """
+
+    isLeaf = True
+    door = "mtls"
+    _log = Logger()
+
+    def __init__(self, directory: DirectorySource, now: Now):
+        super().__init__()
+        self._directory = directory
+        self._now = now
+
+    def render(self, request: IRequest):
+        """403 with the reason, or 405 naming the allowed methods, or the handler's answer."""
+        try:
+            partner = authenticate(request, self._directory(), self._now())
+        except PartnerAuthError as e:
+            self._log.info("{door}: refused request: {reason}", door=self.door, reason=e.reason)
+            return self.answer(request, 403, "forbidden", f"Forbidden: {e.reason}")
+        handler = getattr(self, f"handle_{request.method.decode('ascii', 'replace')}", None)
+        if handler is None:
+            allowed = sorted(m.removeprefix("handle_") for m in dir(self) if m.startswith("handle_"))
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            return self.answer(request, 405, "method-not-allowed", f"Use {' or '.join(allowed)}.")
+        return handler(request, partner)
+
+    def answer(self, request: IRequest, code: int, error_code: str, text: str) -> bytes:
+        """A short ``text/plain`` answer."""
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (text + "\n").encode("utf-8")

@@ -21,12 +21,11 @@ from email.message import Message as _HeaderParser
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from protocols.envelope import Decision, Envelope, IntakeUnavailable
-from protocols.partner_auth import DirectorySource, Now, PartnerAuthError, authenticate
+from protocols.partner_auth import DirectorySource, Now, PartnerResource
 from spool.records import StoredReceipt
 
 Accept = Callable[[Envelope, Any], Deferred]
@@ -75,28 +74,12 @@ def _decision_body(decision: Decision) -> dict:
     }
 
 
-class _Authenticated(resource.Resource):
-    isLeaf = True
-    _log = Logger()
+class _Authenticated(PartnerResource):
+    door = "upload"
 
-    def __init__(self, directory: DirectorySource, now: Now):
-        super().__init__()
-        self._directory = directory
-        self._now = now
-
-    def render(self, request: IRequest):
-        """Authenticate, then dispatch to ``render_<METHOD>`` with the partner."""
-        try:
-            partner = authenticate(request, self._directory(), self._now())
-        except PartnerAuthError as e:
-            self._log.info("upload: refused request: {reason}", reason=e.reason)
-            return error(request, 403, "forbidden", e.reason)
-        handler = getattr(self, f"handle_{request.method.decode('ascii', 'replace')}", None)
-        if handler is None:
-            allowed = sorted(m.removeprefix("handle_") for m in dir(self) if m.startswith("handle_"))
-            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-            return error(request, 405, "method-not-allowed", f"use {' or '.join(allowed)}")
-        return handler(request, partner)
+    def answer(self, request: IRequest, code: int, error_code: str, text: str) -> bytes:
+        """Refusals as JSON, like every answer of this API."""
+        return error(request, code, error_code, text)
 
     def _finish(self, request: IRequest, body: bytes) -> None:
         if not request.finished and not getattr(request, "_disconnected", False):
