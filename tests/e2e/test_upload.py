@@ -130,3 +130,30 @@ def test_oversized_payload_is_refused_with_413_and_nothing_kept(home, tmp_path):
         assert query(daemon, "SELECT codes FROM quarantine") == [("GW-SIZE",), ("GW-XML",)]
     finally:
         assert daemon.stop() == 0
+
+
+def test_sigterm_under_load_exits_cleanly_and_keeps_every_accepted_invoice(home, tmp_path):
+    """SIGTERM while uploads are in flight: exit 0, and every 201 the senders got names a stored message."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.daemon import Daemon
+
+    daemon = Daemon(home).start()
+    try:
+        def send(i):
+            folder = tmp_path / f"c{i}"
+            folder.mkdir()
+            return post_document(daemon, invoice(f"LOAD-{i}"), folder, key=f"load-{i}")
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            pending = [pool.submit(send, i) for i in range(24)]
+            wait_until(lambda: any(f.done() for f in pending), timeout=20)
+            assert daemon.stop() == 0
+            responses = [f.result() for f in pending]
+    finally:
+        daemon.stop()
+    accepted = {r.json()["message"] for r in responses if r.status == 201}
+    assert accepted, "no upload finished before the stop"
+    stored = {m for (m,) in query(daemon, "SELECT id FROM messages")}
+    assert accepted <= stored
+    assert all(r.status in (0, 201, 503) for r in responses), [r.status for r in responses]
