@@ -189,9 +189,7 @@ class DeliveryService(Service):
         recipient = self._directory().get(delivery.recipient_id)
         error, permanent = None, False
         if target is None:  # nothing was attempted: wait without using up the recipient's attempts
-            reason = f"this gateway has no {delivery.target} push client yet; the delivery waits"
-            await self._db.run(thd_postpone, delivery, self.worker, self._now(), reason,
-                               self._now() + timedelta(seconds=self._backoff))
+            await self._postpone(delivery, f"this gateway has no {delivery.target} push client yet; the delivery waits")
             return
         if recipient is None:
             error, permanent = f"partner {delivery.recipient_id} no longer exists", True
@@ -199,8 +197,7 @@ class DeliveryService(Service):
             try:
                 message = await self._db.run(thd_message, delivery.message_id)
             except Exception as e:  # our side failed, not the recipient: no attempt is used up
-                await self._db.run(thd_postpone, delivery, self.worker, self._now(), f"cannot load the message: {e}",
-                                   self._now() + timedelta(seconds=self._backoff))
+                await self._postpone(delivery, f"cannot load the message: {e}")
                 return
             try:
                 await target.push(message, delivery, recipient)
@@ -213,3 +210,7 @@ class DeliveryService(Service):
         if error is not None and not permanent and delivery.attempts + 1 < self._max_attempts:
             retry_at = self._now() + retry_delay(delivery.attempts + 1, self._backoff, self._rng)
         await self._db.run(thd_record_push, delivery, self.worker, self._now(), error, retry_at)
+
+    def _postpone(self, delivery: Delivery, reason: str) -> Deferred:
+        now = self._now()
+        return self._db.run(thd_postpone, delivery, self.worker, now, reason, now + timedelta(seconds=self._backoff))

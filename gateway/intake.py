@@ -29,7 +29,7 @@ from gateway.receipts import ReceiptSigner
 from gateway.router import RouteRefused, route
 from partners.directory import PartnerDirectory
 from protocols import xmldoc
-from protocols.envelope import Decision, Envelope, IntakeUnavailable
+from protocols.envelope import GW_SIZE, Decision, Envelope, IntakeUnavailable
 from protocols.findings import Finding
 from protocols.mdn import Disposition
 from spool import audit, crashpoints, records
@@ -38,7 +38,6 @@ from spool.records import Message, Quarantined, StoredReceipt
 
 _log = Logger()
 
-GW_SIZE = "GW-SIZE"  #: the payload is larger than ``[limits] max_payload_bytes``
 GW_DUP = "GW-DUP"  #: message ID or invoice number reused for different content
 
 #: How each finding shows in the receipt's ``Disposition`` (RFC 4130 §7.4.3 modifiers).

@@ -13,6 +13,9 @@ from spool.records import StoredReceipt
 
 CHANNELS = ("as2", "sftp", "email", "https")
 
+#: The payload is larger than ``[limits] max_payload_bytes``; doors answer it as "too large" (HTTP 413).
+GW_SIZE = "GW-SIZE"
+
 
 class IntakeUnavailable(Exception):
     """The gateway cannot make data durable right now; nothing was accepted, the sender must retry."""

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
-from protocols.envelope import Decision, Envelope, IntakeUnavailable
+from protocols.envelope import GW_SIZE, Decision, Envelope, IntakeUnavailable
 from protocols.partner_auth import DirectorySource, Now, PartnerResource
 from spool.records import StoredReceipt
 
@@ -115,7 +115,7 @@ class DocumentsResource(_Authenticated):
         elif decision.outcome == "duplicate":
             code = 200
         else:
-            code = 413 if any(f.code == "GW-SIZE" for f in decision.findings) else 422
+            code = 413 if any(f.code == GW_SIZE for f in decision.findings) else 422
         self._finish(request, json_response(request, code, body))
 
     def _failed(self, failure, request: IRequest) -> None:
@@ -207,7 +207,7 @@ def bounded_request(max_body: int) -> type[server.Request]:
             old, self.content = getattr(self, "content", None), io.BytesIO()
             if old is not None:
                 old.close()
-            body = json.dumps({"error": {"code": "GW-SIZE", "message": f"request bodies are limited to {max_body} "
+            body = json.dumps({"error": {"code": GW_SIZE, "message": f"request bodies are limited to {max_body} "
                                          "bytes on this listener"}}).encode()
             self.channel.transport.write(
                 b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
