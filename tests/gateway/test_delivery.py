@@ -20,7 +20,6 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from gateway.database_service import DatabaseService
 from gateway.delivery import MAX_DELAY, DeliveryFailed, DeliveryService, retry_delay
 from gateway.router import targets_for
 from partners.directory import Partner, PartnerDirectory
@@ -88,6 +87,9 @@ class HeldTarget:
         return d
 
 
+pytestmark = pytest.mark.usefixtures("logged_failures")
+
+
 @pytest.fixture
 def logged_failures():
     """Failures the code under test logged; a test that expects some removes them, any left fail the test."""
@@ -101,18 +103,6 @@ def logged_failures():
     yield failures
     globalLogPublisher.removeObserver(observe)
     assert [f["log_failure"].getTraceback() for f in failures] == []
-
-
-@pytest.fixture
-def db(engine, logged_failures):
-    """A running one-thread DatabaseService over SQLite, stopped after the test."""
-    from twisted.internet import reactor
-
-    service = DatabaseService(engine, reactor, threads=1)
-    service.startService()
-    yield service
-    if service.running:
-        service.stopService()
 
 
 @pytest.fixture

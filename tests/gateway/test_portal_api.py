@@ -41,6 +41,7 @@ from spool.blobs import BlobStore
 from spool.database import create_engine, upgrade
 from spool.records import Message
 from spool.schema import receipts
+from tests.spool.stored import put_blob
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -50,17 +51,9 @@ def invoice(number: str) -> bytes:
             f'xsd:Invoice-2"><ID>{number}</ID></Invoice>\n').encode()
 
 
-def publish(blobs: BlobStore, content: bytes) -> str:
-    with blobs.stage() as writer:
-        writer.write(content)
-        staged = writer.finish()
-    blobs.publish([staged])
-    return staged.sha256
-
-
 def deliver(conn, blobs, sender: str, recipient: str, received_at: datetime, content: bytes, **fields) -> Message:
     """Record an accepted message and file it in the recipient's mailbox, as the delivery worker would."""
-    sha = publish(blobs, content)
+    sha = put_blob(blobs, content)
     message = Message(id=records.new_id(received_at), received_at=received_at, sender_id=sender,
                       recipient_id=recipient, channel="as2", sha256=sha, size=len(content), kind="ubl-invoice",
                       signed=False, route="mailbox", state="delivered", updated_at=received_at, **fields)

@@ -14,13 +14,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from gateway.database_service import DatabaseService
 from gateway.recovery import RecoveryReport, RecoveryService, thd_recover
 from partners.directory import Partner, PartnerDirectory
 from spool import audit, records
 from spool.blobs import BlobStore
 from spool.fs import OSFileSystem
-from tests.spool.stored import finish_deliveries, store_message
+from tests.spool.stored import UnreadableBlob, finish_deliveries, store_message
 from tests.spool.test_blobs import stage, tmp_names
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -139,18 +138,6 @@ def test_in_flight_messages_with_missing_or_changed_blobs_are_marked_corrupt(eng
     assert blobs.exists(changed.sha256)  # evidence is never deleted
 
 
-class UnreadableBlob(OSFileSystem):
-    """The real filesystem, except that opening one blob fails with EIO."""
-
-    def __init__(self, broken: str):
-        self.broken = broken
-
-    def open_read(self, path: Path):
-        if path.name == self.broken:
-            raise OSError(errno.EIO, "Input/output error", str(path))
-        return super().open_read(path)
-
-
 def test_an_unreadable_blob_is_not_marked_and_does_not_stop_recovery(engine, blobs, tmp_path):
     """EIO reading a blob may pass: the message stays accepted, the others are still checked."""
     unreadable = accept(engine, blobs, b"on a bad sector")
@@ -194,18 +181,6 @@ class BrokenListdir(OSFileSystem):
 
     def listdir(self, path: Path) -> list[str]:
         raise OSError(errno.EIO, "Input/output error", str(path))
-
-
-@pytest.fixture
-def db(engine):
-    """A running one-thread DatabaseService, stopped after the test."""
-    from twisted.internet import reactor
-
-    service = DatabaseService(engine, reactor, threads=1)
-    service.startService()
-    yield service
-    if service.running:
-        service.stopService()
 
 
 @pytest.fixture

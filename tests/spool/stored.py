@@ -3,22 +3,31 @@
 Shared by the spool tests and the CLI tests that need messages to list, show, retry, export and check.
 """
 
+import errno
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
 from spool import records
 from spool.blobs import BlobStore
+from spool.fs import OSFileSystem
 from spool.records import Message, Quarantined
+from tests.spool.test_blobs import put as put_blob
+
+__all__ = ["UnreadableBlob", "finish_deliveries", "kill_deliveries", "put_blob", "store_message", "store_quarantined"]
 
 
-def put_blob(blobs: BlobStore, data: bytes) -> str:
-    """Stage and publish ``data``; return its name."""
-    with blobs.stage() as writer:
-        writer.write(data)
-        staged = writer.finish()
-    blobs.publish([staged])
-    return staged.sha256
+class UnreadableBlob(OSFileSystem):
+    """The real filesystem, except that opening one blob fails with EIO."""
+
+    def __init__(self, broken: str):
+        self.broken = broken
+
+    def open_read(self, path: Path):
+        if path.name == self.broken:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return super().open_read(path)
 
 
 def store_message(conn: Connection, blobs: BlobStore, data: bytes, received_at: datetime, *,

@@ -1,9 +1,7 @@
 """Tests for :mod:`spool.check`: finding missing, changed and unreadable blobs, marking messages corrupt
 and repaired, and counting blobs no row names; a real blob store in the test's directory."""
 
-import errno
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -21,21 +19,15 @@ from spool.check import (
     mark_repaired,
 )
 from spool.database import create_engine, upgrade
-from spool.fs import OSFileSystem
 from spool.schema import deliveries, messages, quarantine
-from tests.spool.stored import finish_deliveries, kill_deliveries, put_blob, store_message, store_quarantined
-
-
-class UnreadableFS(OSFileSystem):
-    """The real filesystem, except that opening one blob fails with an I/O error."""
-
-    def __init__(self, broken: str):
-        self.broken = broken
-
-    def open_read(self, path: Path):
-        if path.name == self.broken:
-            raise OSError(errno.EIO, "Input/output error", str(path))
-        return super().open_read(path)
+from tests.spool.stored import (
+    UnreadableBlob,
+    finish_deliveries,
+    kill_deliveries,
+    put_blob,
+    store_message,
+    store_quarantined,
+)
 
 
 @pytest.fixture
@@ -83,7 +75,7 @@ def test_a_deleted_blob_is_missing_and_a_modified_one_changed(engine, blobs, now
 def test_a_blob_that_cannot_be_read_is_unreadable_not_corrupt(engine, tmp_path, now):
     """An I/O error is reported with its reason, and does not count as corrupt."""
     message = store(engine, BlobStore(tmp_path / "spool"), now, b"<Invoice/>")
-    blobs = BlobStore(tmp_path / "spool", fs=UnreadableFS(message.sha256))
+    blobs = BlobStore(tmp_path / "spool", fs=UnreadableBlob(message.sha256))
     [damage] = damaged(engine, blobs)
     assert (damage.kind, damage.id) == ("message", message.id)
     assert damage.problem.startswith("unreadable: [Errno 5] Input/output error")
