@@ -17,8 +17,6 @@ from spool.blobs import BlobNotFound, BlobStore
 from spool.check import Damage, check_spool, mark_corrupt, mark_repaired
 from spool.schema import MESSAGE_STATES, RECEIPT_KINDS
 
-#: Every kind of receipt a message can have (``receipts.kind``).
-
 
 @click.group("message")
 def message() -> None:
@@ -116,7 +114,7 @@ def _stored_bytes(blobs: BlobStore, message: records.Message) -> bytes:
 @pass_ctx
 def message_export(c: Context, message_id: str, out: Path, force: bool) -> None:
     """Write a message's document to FILE, byte for byte as it was received."""
-    with c.transaction() as conn:
+    with c.reading() as conn:
         stored = records.get_message(conn, message_id)
     if os.path.lexists(out) and not force:
         raise UserError(f"{out} already exists; pass --force to replace it")

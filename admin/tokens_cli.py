@@ -53,8 +53,7 @@ def token_list(c: Context, partner_id: str | None, as_json: bool) -> None:
 @pass_ctx
 def token_revoke(c: Context, token_id: int) -> None:
     """Stop a token working at once; it stays listed with its revocation time."""
-    with c.transaction() as conn:
-        partner_id = tokens.get_token(conn, token_id).partner_id
-    with c.change("token.revoked", partner_id, token=token_id) as (conn, facts):
-        facts["prefix"] = tokens.revoke_token(conn, token_id, now()).prefix
-    click.echo(f"API token {token_id} of {partner_id} revoked")
+    with c.change("token.revoked", None, token=token_id) as (conn, facts):
+        revoked = tokens.revoke_token(conn, token_id, now())
+        facts.update(partner=revoked.partner_id, prefix=revoked.prefix)
+    click.echo(f"API token {token_id} of {revoked.partner_id} revoked")

@@ -7,8 +7,10 @@ someone means to change it; the tests check that every path here is served and n
 
 from typing import Any
 
+from partners.routes import CHANNELS
+from spool.schema import MAILBOX_STATES
+
 #: Mailbox item states a listing can be filtered by.
-ITEM_STATES = ("new", "downloaded", "acknowledged")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
@@ -36,7 +38,7 @@ _INVOICE = {
         "received_at": _TIME,
         "sender_id": {"type": "string", "description": "The partner that sent it."},
         "recipient_id": {"type": "string"},
-        "channel": {"type": "string", "enum": ["as2", "sftp", "email", "https"]},
+        "channel": {"type": "string", "enum": list(CHANNELS)},
         "external_id": {**_OPTIONAL_TEXT, "description": "The sender's message ID or idempotency key."},
         "filename": _OPTIONAL_TEXT,
         "content_type": _OPTIONAL_TEXT,
@@ -52,7 +54,7 @@ _INVOICE = {
         "customer_id": _OPTIONAL_TEXT,
         "supplier_name": _OPTIONAL_TEXT,
         "customer_name": _OPTIONAL_TEXT,
-        "state": {"type": "string", "enum": list(ITEM_STATES)},
+        "state": {"type": "string", "enum": list(MAILBOX_STATES)},
         "delivered_at": _TIME,
         "downloaded_at": _OPTIONAL_TIME,
         "acknowledged_at": _OPTIONAL_TIME,
@@ -93,7 +95,7 @@ DOCUMENT: dict[str, Any] = {
                                                             "default": DEFAULT_LIMIT}},
                 {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                  "description": "The previous page's `next`: continue after that invoice."},
-                {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(ITEM_STATES)}},
+                {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(MAILBOX_STATES)}},
                 {"name": "since", "in": "query", "schema": {"type": "string"},
                  "description": "Only invoices received at or after this ISO 8601 date or time (UTC if no offset)."},
             ],

@@ -32,13 +32,14 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from gateway.database_service import DatabaseService
-from gateway.openapi import DEFAULT_LIMIT, DOCUMENT, ITEM_STATES, MAX_LIMIT
+from gateway.openapi import DEFAULT_LIMIT, DOCUMENT, MAX_LIMIT
 from gateway.receipts import ReceiptSigner
 from partners import tokens
 from partners.tokens import TokenInfo
 from spool import audit, records
 from spool.blobs import BlobNotFound, BlobStore
 from spool.records import MailboxItem, Message, UnknownMessage
+from spool.schema import MAILBOX_STATES
 
 _log = Logger()
 
@@ -47,7 +48,6 @@ _LIMIT = re.compile(r"[0-9]{1,4}")
 _CHUNK = 256 * 1024  # one thread hop per chunk: large enough to be cheap, small enough to pace slow clients
 #: Message fields that are the gateway's own business, not the recipient's.
 _INTERNAL = ("state", "route", "updated_at")
-_EVENTS = {"downloaded": "mailbox.downloaded", "acknowledged": "mailbox.acknowledged"}
 
 
 class ApiError(Exception):
@@ -112,8 +112,8 @@ def _cursor(name: str, value: str) -> str:
 
 
 def _state(name: str, value: str) -> str:
-    if value not in ITEM_STATES:
-        raise _bad(name, f"must be one of {', '.join(ITEM_STATES)}")
+    if value not in MAILBOX_STATES:
+        raise _bad(name, f"must be one of {', '.join(MAILBOX_STATES)}")
     return value
 
 
@@ -171,7 +171,7 @@ def thd_mark(engine: Engine, signer: ReceiptSigner, token: TokenInfo, message_id
     receipt = signer.returned(item.message, event, now)
     with engine.begin() as conn:
         if records.mark_item(conn, token.partner_id, message_id, event, now):  # False: a concurrent request won
-            audit.append(conn, f"token:{token.prefix}", _EVENTS[event], now, message_id=message_id,
+            audit.append(conn, f"token:{token.prefix}", f"mailbox.{event}", now, message_id=message_id,
                          details={"partner": token.partner_id})
             records.insert_receipt(conn, receipt)
         return records.mailbox_item(conn, token.partner_id, message_id)
@@ -443,8 +443,7 @@ class _Content(_Authenticated):
         request.registerProducer(pacer, True)
         try:
             digest, sent, held = hashlib.sha256(), 0, b""
-            while not pacer.stopped and (chunk := await deferToThread(blob.read, _CHUNK)):
-                digest.update(chunk)
+            while not pacer.stopped and (chunk := await deferToThread(_read_hashed, blob, digest)):
                 sent += len(chunk)
                 if sent > message.size:
                     raise ContentChanged(f"message {message.id}: its stored blob is longer than {message.size} bytes")
@@ -460,6 +459,13 @@ class _Content(_Authenticated):
         if digest.hexdigest() != message.sha256:
             raise ContentChanged(f"message {message.id}: its stored bytes no longer match their SHA-256")
         return held
+
+
+def _read_hashed(blob: BinaryIO, digest) -> bytes:
+    """The next chunk, already added to ``digest``: reading and hashing both stay off the reactor thread."""
+    chunk = blob.read(_CHUNK)
+    digest.update(chunk)
+    return chunk
 
 
 def content_disposition(filename: str | None, message_id: str, content_type: str) -> bytes:

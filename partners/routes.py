@@ -16,15 +16,16 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from partners import identifiers as ids
-from partners.errors import InvalidValueError, NotFoundError, UnknownPartnerError
-from partners.schema import partners, routes
-from partners.store import bump_version
+from partners.errors import InvalidValueError, NotFoundError
+from partners.schema import routes
+from partners.store import bump_version, require_partner
 
 #: Document kinds a rule can match: what the document check identifies, and ``opaque`` for
 #: payloads a partner's policy lets through without identifying them.
 KINDS = ("ubl-invoice", "ubl-creditnote", "cii-invoice", "opaque")
 
 #: Doors a rule can match: the channel a message came in through.
+#: The doors a message can arrive through (``Envelope.channel``, ``messages.channel``).
 CHANNELS = ("as2", "sftp", "email", "https")
 
 
@@ -69,11 +70,6 @@ def load_routes(conn: Connection) -> tuple[Route, ...]:
     return tuple(_route(r) for r in conn.execute(select(routes).order_by(routes.c.position)))
 
 
-def _require(conn: Connection, partner_id: str) -> None:
-    if conn.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
-        raise UnknownPartnerError(f"no partner with ID {partner_id!r}")
-
-
 def _one_of(label: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is not None and value not in allowed:
         raise InvalidValueError(f"{label} {value!r} must be one of {', '.join(allowed)}")
@@ -93,9 +89,9 @@ def add_route(conn: Connection, recipient_id: str, now: datetime, *, sender_id: 
     :raises InvalidValueError: a malformed receiver, an unknown kind or channel, a position before 1 or
         past the end, criteria missing without ``catch_all`` or given with it.
     """
-    _require(conn, recipient_id)
+    require_partner(conn, recipient_id)
     if sender_id is not None:
-        _require(conn, sender_id)
+        require_partner(conn, sender_id)
     if receiver is not None:
         receiver = ids.participant_id(receiver)
     _one_of("kind", kind, KINDS)

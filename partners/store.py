@@ -67,7 +67,8 @@ def _touch(conn: Connection, partner_id: str, now: datetime) -> None:
     bump_version(conn, now)
 
 
-def _require(conn: Connection, partner_id: str) -> None:
+def require_partner(conn: Connection, partner_id: str) -> None:
+    """:raises UnknownPartnerError: no partner has this ID."""
     if conn.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
         raise UnknownPartnerError(f"no partner with ID {partner_id!r}")
 
@@ -131,7 +132,7 @@ def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
 
 def add_identifier(conn: Connection, partner_id: str, kind: str, value: str, now: datetime) -> str:
     """Register an AS2 ID, participant ID or email address; each names one partner only."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     if kind not in _IDENTIFIER_LABEL:
         raise InvalidValueError(f"identifier kind {kind!r} must be one of {', '.join(_IDENTIFIER_LABEL)}")
     normal = {"as2": ids.as2_id, "participant": ids.participant_id, "email": ids.email}[kind](value)
@@ -147,7 +148,7 @@ def add_identifier(conn: Connection, partner_id: str, kind: str, value: str, now
 
 def set_status(conn: Connection, partner_id: str, status: str, now: datetime) -> None:
     """Enable (``active``) or disable a partner; a disabled partner is refused at every door."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     if status not in STATUSES:
         raise InvalidValueError(f"status {status!r} must be one of {', '.join(STATUSES)}")
     conn.execute(update(partners).where(partners.c.id == partner_id).values(status=status))
@@ -156,20 +157,20 @@ def set_status(conn: Connection, partner_id: str, status: str, now: datetime) ->
 
 def set_policy(conn: Connection, partner_id: str, policy: Policy, now: datetime) -> None:
     """Replace a partner's policy."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     conn.execute(update(partners).where(partners.c.id == partner_id).values(policy=policy.to_json()))
     _touch(conn, partner_id, now)
 
 
 def get_policy(conn: Connection, partner_id: str) -> Policy:
     """A partner's current policy."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     return Policy.from_json(conn.execute(select(partners.c.policy).where(partners.c.id == partner_id)).scalar_one())
 
 
 def remove_partner(conn: Connection, partner_id: str, now: datetime) -> None:
     """Delete a partner and everything registered to it."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     for table in (identifiers, certificates, ssh_keys, allowlist):
         conn.execute(delete(table).where(table.c.partner_id == partner_id))
     conn.execute(delete(partners).where(partners.c.id == partner_id))
@@ -178,7 +179,7 @@ def remove_partner(conn: Connection, partner_id: str, now: datetime) -> None:
 
 def allow_ip(conn: Connection, partner_id: str, network: IPNetwork, now: datetime) -> bool:
     """Add a network to a partner's allowlist; returns False when it was already there."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     exists = conn.execute(
         select(allowlist.c.id).where(allowlist.c.partner_id == partner_id, allowlist.c.network == str(network))
     ).first()
@@ -191,7 +192,7 @@ def allow_ip(conn: Connection, partner_id: str, network: IPNetwork, now: datetim
 
 def deny_ip(conn: Connection, partner_id: str, network: IPNetwork, now: datetime) -> None:
     """Remove a network from a partner's allowlist."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     result = conn.execute(
         delete(allowlist).where(allowlist.c.partner_id == partner_id, allowlist.c.network == str(network))
     )
@@ -208,7 +209,7 @@ def add_certificate(conn: Connection, partner_id: str, usage: str, cert: certs_x
 
     :returns: its fingerprint.
     """
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     if usage not in CERT_USAGES:
         raise InvalidValueError(f"usage {usage!r} must be one of {', '.join(CERT_USAGES)}")
     subject = cert.subject.rfc4514_string() or "certificate"
@@ -246,7 +247,7 @@ def add_certificate(conn: Connection, partner_id: str, usage: str, cert: certs_x
 
 def remove_certificate(conn: Connection, partner_id: str, fingerprint: str, now: datetime) -> None:
     """Unregister a certificate (every usage it was registered for) by fingerprint."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     fp = certs_x509.normalize_fingerprint(fingerprint)
     result = conn.execute(
         delete(certificates).where(certificates.c.partner_id == partner_id, certificates.c.fingerprint == fp)
@@ -258,7 +259,7 @@ def remove_certificate(conn: Connection, partner_id: str, fingerprint: str, now:
 
 def add_ssh_key(conn: Connection, partner_id: str, key: SSHPublicKey, now: datetime) -> str:
     """Register an SSH public key for SFTP logins; returns its fingerprint."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     owner = conn.execute(select(ssh_keys.c.partner_id).where(ssh_keys.c.fingerprint == key.fingerprint)).scalar()
     if owner is not None:
         raise DuplicateError(f"SSH key {key.fingerprint} is already registered to partner {owner!r}")
@@ -278,7 +279,7 @@ def add_ssh_key(conn: Connection, partner_id: str, key: SSHPublicKey, now: datet
 
 def remove_ssh_key(conn: Connection, partner_id: str, fingerprint: str, now: datetime) -> None:
     """Unregister an SSH key by its ``SHA256:`` fingerprint."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     fp = normalize_ssh_fingerprint(fingerprint)
     result = conn.execute(delete(ssh_keys).where(ssh_keys.c.partner_id == partner_id, ssh_keys.c.fingerprint == fp))
     if result.rowcount == 0:
@@ -305,7 +306,7 @@ def _certificate_row(row) -> dict:
 
 def list_certificates(conn: Connection, partner_id: str) -> list[dict]:
     """A partner's certificates, JSON-ready, ordered by usage then expiry."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     rows = conn.execute(
         select(certificates)
         .where(certificates.c.partner_id == partner_id)
@@ -348,7 +349,7 @@ def list_partners(conn: Connection) -> list[dict]:
 
 def show_partner(conn: Connection, partner_id: str) -> dict:
     """One partner in full: identifiers, allowlist, certificates, SSH keys, delivery and policy."""
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     summary = next(p for p in list_partners(conn) if p["id"] == partner_id)
     row = conn.execute(select(partners).where(partners.c.id == partner_id)).one()
     keys = conn.execute(select(ssh_keys).where(ssh_keys.c.partner_id == partner_id).order_by(ssh_keys.c.id))

@@ -15,12 +15,13 @@ from datetime import datetime
 from typing import Any
 
 import attrs
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from partners import identifiers as ids
-from partners.errors import NotFoundError, UnknownPartnerError
+from partners.errors import NotFoundError
 from partners.schema import api_tokens, partners
+from partners.store import require_partner
 
 #: What every secret starts with, so secret scanners and people recognise a leaked one.
 SCHEME = "prt_"
@@ -56,18 +57,13 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def _require(conn: Connection, partner_id: str) -> None:
-    if conn.execute(select(partners.c.id).where(partners.c.id == partner_id)).first() is None:
-        raise UnknownPartnerError(f"no partner with ID {partner_id!r}")
-
-
 def create_token(conn: Connection, partner_id: str, name: str, now: datetime) -> tuple[TokenInfo, str]:
     """Make a token for ``partner_id``; returns it and its secret, which exists nowhere else afterwards.
 
     :raises UnknownPartnerError: no such partner.
     :raises InvalidValueError: the name is empty, too long or has control characters.
     """
-    _require(conn, partner_id)
+    require_partner(conn, partner_id)
     name = ids.display_name(name)
     prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(8))
     secret = f"{SCHEME}{prefix}_{secrets.token_urlsafe(32)}"
@@ -84,7 +80,7 @@ def list_tokens(conn: Connection, partner_id: str | None = None) -> list[TokenIn
     """
     query = select(api_tokens).order_by(api_tokens.c.id)
     if partner_id is not None:
-        _require(conn, partner_id)
+        require_partner(conn, partner_id)
         query = query.where(api_tokens.c.partner_id == partner_id)
     return [TokenInfo.from_row(r) for r in conn.execute(query)]
 
@@ -120,8 +116,7 @@ def authenticate(conn: Connection, presented: str, now: datetime) -> TokenInfo |
         return None
     row = conn.execute(
         select(api_tokens).join(partners, partners.c.id == api_tokens.c.partner_id)
-        .where(api_tokens.c.secret_sha256 == _digest(presented), partners.c.status == "active")
+        .where(api_tokens.c.secret_sha256 == _digest(presented), partners.c.status == "active",
+               or_(api_tokens.c.revoked_at.is_(None), api_tokens.c.revoked_at > now))
     ).first()
-    if row is None or (row.revoked_at is not None and row.revoked_at <= now):
-        return None
-    return TokenInfo.from_row(row)
+    return TokenInfo.from_row(row) if row is not None else None

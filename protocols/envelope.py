@@ -8,10 +8,9 @@ import :mod:`gateway`), so these types live here, beside the doors.
 import attrs
 
 from partners.directory import Partner
+from partners.routes import CHANNELS
 from protocols.findings import Finding
 from spool.records import StoredReceipt
-
-CHANNELS = ("as2", "sftp", "email", "https")
 
 #: The payload is larger than ``[limits] max_payload_bytes``; doors answer it as "too large" (HTTP 413).
 GW_SIZE = "GW-SIZE"

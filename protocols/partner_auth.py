@@ -70,7 +70,7 @@ class PartnerResource(resource.Resource):
         if handler is None:
             allowed = sorted(m.removeprefix("handle_") for m in dir(self) if m.startswith("handle_"))
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-            return self.answer(request, 405, "method-not-allowed", f"Use {' or '.join(allowed)}.")
+            return self.answer(request, 405, "method_not_allowed", f"Use {' or '.join(allowed)}.")
         return handler(request, partner)
 
     def answer(self, request: IRequest, code: int, error_code: str, text: str) -> bytes:

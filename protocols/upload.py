@@ -98,7 +98,7 @@ class DocumentsResource(_Authenticated):
         """Build the envelope and wait for the intake's durable decision."""
         key = _header(request, b"idempotency-key")
         if key is not None and (not key.strip() or len(key) > _MAX_KEY or not key.isprintable()):
-            return error(request, 400, "bad-idempotency-key",
+            return error(request, 400, "bad_idempotency_key",
                          f"Idempotency-Key must be 1-{_MAX_KEY} printable characters")
         envelope = Envelope(sender=partner, channel="https", external_id=key.strip() if key else None,
                             filename=_filename(request), content_type=_header(request, b"content-type"))
@@ -122,11 +122,11 @@ class DocumentsResource(_Authenticated):
         if failure.check(IntakeUnavailable):
             self._log.warn("upload: temporary failure: {error}", error=failure.getErrorMessage())
             request.setHeader(b"retry-after", b"30")
-            body = error(request, 503, "temporarily-unavailable",
+            body = error(request, 503, "temporarily_unavailable",
                          "The gateway cannot store documents right now; nothing was accepted. Retry later.")
         else:
             self._log.failure("upload: internal error", failure)
-            body = error(request, 500, "internal-error", "Internal error; nothing was accepted. Retry later.")
+            body = error(request, 500, "internal_error", "Internal error; nothing was accepted. Retry later.")
         self._finish(request, body)
 
 
@@ -153,16 +153,16 @@ class _Receipt(_Authenticated):
     def handle_GET(self, request: IRequest, partner):
         """The signed receipt, if it was for this partner; 404 otherwise (whether or not it exists)."""
         if not _RECEIPT_ID.fullmatch(self._id):
-            return error(request, 404, "not-found", "no such receipt")
+            return error(request, 404, "not_found", "no such receipt")
         d = self._lookup(self._id)
         d.addCallback(self._found, request, partner.id)
         d.addErrback(lambda f: (self._log.failure("receipt lookup failed", f),
-                                self._finish(request, error(request, 503, "temporarily-unavailable", "retry later"))))
+                                self._finish(request, error(request, 503, "temporarily_unavailable", "retry later"))))
         return server.NOT_DONE_YET
 
     def _found(self, receipt: StoredReceipt | None, request: IRequest, partner_id: str) -> None:
         if receipt is None or receipt.partner_id != partner_id:
-            self._finish(request, error(request, 404, "not-found", "no such receipt"))
+            self._finish(request, error(request, 404, "not_found", "no such receipt"))
             return
         request.setHeader(b"content-type", receipt.content_type.encode("ascii"))
         request.setHeader(b"mime-version", b"1.0")

@@ -85,20 +85,22 @@ def _kept(conn: Connection) -> Iterator[tuple[str, str]]:
         yield row.id, row.sha256
 
 
-def find_damaged(conn: Connection, blobs: BlobStore) -> list[Damage]:
-    """Re-hash the blob of every message and every kept quarantined payload; what is wrong, oldest first."""
-    found = [Damage("message", m.id, m.sha256, problem)
-             for m in iter_messages(conn) if (problem := problem_of(blobs, m.sha256)) is not None]
-    found += [Damage("quarantine", item_id, sha, problem)
-              for item_id, sha in _kept(conn) if (problem := problem_of(blobs, sha)) is not None]
-    return found
+def survey(conn: Connection, blobs: BlobStore) -> tuple[list[Damage], list[str]]:
+    """Re-hash every message's blob and every kept quarantined payload, once each.
 
-
-def find_repaired(conn: Connection, blobs: BlobStore) -> list[str]:
-    """IDs of the messages marked corrupt whose blob verifies again, oldest first."""
-    rows = conn.execute(select(messages.c.id, messages.c.sha256)
-                        .where(messages.c.state == "corrupt").order_by(messages.c.id))
-    return [row.id for row in rows if problem_of(blobs, row.sha256) is None]
+    :returns: what is wrong (oldest first), and the IDs of messages marked corrupt whose blob
+        verifies again (repaired, e.g. restored from a backup).
+    """
+    damaged, repaired = [], []
+    for m in iter_messages(conn):
+        problem = problem_of(blobs, m.sha256)
+        if problem is not None:
+            damaged.append(Damage("message", m.id, m.sha256, problem))
+        elif m.state == "corrupt":
+            repaired.append(m.id)
+    damaged += [Damage("quarantine", item_id, sha, problem)
+                for item_id, sha in _kept(conn) if (problem := problem_of(blobs, sha)) is not None]
+    return damaged, repaired
 
 
 def find_unreferenced(conn: Connection, blobs: BlobStore) -> list[str]:
@@ -123,11 +125,12 @@ def find_unreferenced(conn: Connection, blobs: BlobStore) -> list[str]:
 
 def check_spool(conn: Connection, blobs: BlobStore) -> Report:
     """Run every check; changes nothing."""
+    damaged, repaired = survey(conn, blobs)
     return Report(
         messages=conn.scalar(select(func.count()).select_from(messages)),
         quarantined=conn.scalar(select(func.count()).select_from(quarantine).where(quarantine.c.sha256.is_not(None))),
-        damaged=tuple(find_damaged(conn, blobs)),
-        repaired=tuple(find_repaired(conn, blobs)),
+        damaged=tuple(damaged),
+        repaired=tuple(repaired),
         unreferenced=tuple(find_unreferenced(conn, blobs)),
     )
 

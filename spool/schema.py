@@ -87,6 +87,9 @@ deliveries = Table(
     CheckConstraint("state IN ('pending', 'claimed', 'done', 'dead')", name="state"),
 )
 
+#: Mailbox item states: ``new`` until downloaded, ``acknowledged`` once the recipient says so.
+MAILBOX_STATES = ("new", "downloaded", "acknowledged")
+
 #: What a recipient sees (SFTP ``/outbox/``, the portal). One row per (message, recipient), ever.
 mailbox_items = Table(
     "mailbox_items",

@@ -19,5 +19,5 @@ class AS2Resource(PartnerResource):
     def handle_POST(self, request: IRequest, partner) -> bytes:
         """501 until the AS2 door lands."""
         self._log.info("as2: request from partner {partner}", partner=partner.id)
-        return self.answer(request, 501, "not-implemented",
+        return self.answer(request, 501, "not_implemented",
                            f"AS2 message handling is not available yet (partner {partner.id} authenticated)")

@@ -12,11 +12,10 @@ from spool.check import (
     Damage,
     Report,
     check_spool,
-    find_damaged,
-    find_repaired,
     find_unreferenced,
     mark_corrupt,
     mark_repaired,
+    survey,
 )
 from spool.database import create_engine, upgrade
 from spool.schema import deliveries, messages, quarantine
@@ -43,9 +42,9 @@ def store(engine, blobs, now, data: bytes, **fields) -> records.Message:
 
 
 def damaged(engine, blobs) -> list[Damage]:
-    """find_damaged in its own transaction."""
+    """What survey finds damaged, in its own transaction."""
     with engine.connect() as conn:
-        return find_damaged(conn, blobs)
+        return survey(conn, blobs)[0]
 
 
 def test_an_intact_spool_has_no_damage(engine, blobs, now):
@@ -107,7 +106,7 @@ def test_blobs_no_row_names_are_unreferenced(engine, blobs, now):
     loose = sorted(put_blob(blobs, data) for data in (b"orphan 1", b"orphan 2", b"orphan 3"))
     with engine.connect() as conn:
         assert find_unreferenced(conn, blobs) == loose
-        assert find_damaged(conn, blobs) == []
+        assert survey(conn, blobs)[0] == []
 
 
 def test_mark_corrupt_changes_the_state_audits_and_deletes_nothing(engine, blobs, now):
@@ -176,10 +175,10 @@ def test_a_restored_blob_repairs_the_message(engine, blobs, now, settle, state):
     [damage] = damaged(engine, blobs)
     with engine.begin() as conn:
         mark_corrupt(conn, damage, now, "cli:test")
-        assert find_repaired(conn, blobs) == []
+        assert survey(conn, blobs)[1] == []
     put_blob(blobs, data)  # restored from the backup
     with engine.begin() as conn:
-        assert find_repaired(conn, blobs) == [message.id]
+        assert survey(conn, blobs)[1] == [message.id]
         assert mark_repaired(conn, message.id, now, "cli:test") == state
     with engine.connect() as conn:
         assert records.get_message(conn, message.id).state == state
@@ -187,7 +186,7 @@ def test_a_restored_blob_repairs_the_message(engine, blobs, now, settle, state):
             ("message.corrupt", {"sha256": message.sha256, "problem": "missing"}),
             ("message.repaired", {"state": state}),
         ]
-        assert find_repaired(conn, blobs) == []
+        assert survey(conn, blobs)[1] == []
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +206,7 @@ def test_unreferenced_blobs_on_postgresql(pg_engine, blobs, now):
     try:
         with pg_engine.connect() as conn:
             assert find_unreferenced(conn, blobs) == loose
-            assert find_damaged(conn, blobs) == []
+            assert survey(conn, blobs)[0] == []
     finally:
         with pg_engine.begin() as conn:
             conn.execute(messages.delete().where(messages.c.id.in_([m.id for m in named])))
