@@ -1,0 +1,113 @@
+"""Byte-level MIME: headers as senders really write them, and parts sliced without re-serialising."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocols.as2.mime import (
+    MIMEError,
+    base64_lines,
+    build_entity,
+    decode,
+    parse_content_type,
+    parse_entity,
+    parse_headers,
+    split_multipart,
+)
+
+
+def test_headers_without_space_folded_and_lf_only():
+    data = b"Content-Type:application/edi-x12\nContent-Disposition: attachment;\n\tfilename=\"a b.x12\"\n\nISA*00"
+    entity = parse_entity(data)
+    assert entity.headers.get("CONTENT-TYPE") == "application/edi-x12"
+    assert entity.headers.get("content-disposition") == 'attachment; filename="a b.x12"'
+    assert entity.filename() == "a b.x12"
+    assert entity.body == b"ISA*00"
+
+
+def test_an_entity_without_headers_starts_with_an_empty_line():
+    assert parse_headers(b"\r\nbody") == (parse_headers(b"\r\n")[0], 2)
+    assert parse_entity(b"\r\nbody").body == b"body"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"Content-Type: text/plain\r\nno colon here\r\n\r\nx", "malformed MIME header line"),
+    (b" folded first\r\n\r\nx", "continuation line"),
+    (b"Content-Type: text/plain\r\nbody without a blank line", "no empty line"),
+    (b"X: " + b"a" * 70000, "longer than"),
+])
+def test_malformed_headers_are_refused_with_the_reason(data, message):
+    with pytest.raises(MIMEError, match=message):
+        parse_headers(data)
+
+
+def test_filename_is_reduced_to_a_base_name():
+    entity = parse_entity(b'Content-Disposition: attachment; filename="../../etc/pa\x01sswd"\r\n\r\n')
+    assert entity.filename() == "passwd"
+    assert parse_entity(b"Content-Type: text/plain\r\n\r\n").filename() is None
+
+
+def test_content_type_parameters():
+    value = 'multipart/signed; protocol="application/pkcs7-signature";\tmicalg=SHA-256; boundary="--=_a b"'
+    ct = parse_content_type(value)
+    assert ct.mime_type == "multipart/signed"
+    assert ct.param("Boundary") == "--=_a b"
+    assert ct.param("micalg") == "SHA-256"
+    assert ct.param("missing") is None
+
+
+def test_split_keeps_the_exact_part_bytes():
+    """The CRLF before a delimiter belongs to the delimiter; everything else is the part's, byte for byte."""
+    first = b"Content-Type:application/xml\r\n\r\n<a/>\r\n  trailing  "
+    body = b"preamble\r\n--XYZ\r\n" + first + b"\r\n--XYZ\r\nContent-Type: application/pkcs7-signature\r\n\r\nSIG" \
+           b"\r\n--XYZ--\r\nepilogue"
+    parts = split_multipart(body, "XYZ")
+    assert parts == [first, b"Content-Type: application/pkcs7-signature\r\n\r\nSIG"]
+
+
+def test_split_handles_lf_only_and_padding_after_the_boundary():
+    body = b"--b  \n1\n--b\n2\n--b--  \n"
+    assert split_multipart(body, "b") == [b"1", b"2"]
+
+
+@pytest.mark.parametrize("body, boundary, message", [
+    (b"--b\r\npart\r\n", "b", "no closing delimiter"),
+    (b"--b--\r\n", "b", "no parts"),
+    (b"x", "", "boundary parameter"),
+])
+def test_split_refuses_broken_multiparts(body, boundary, message):
+    with pytest.raises(MIMEError, match=message):
+        split_multipart(body, boundary)
+
+
+def test_transfer_encodings():
+    assert decode(b"aGVs\r\nbG8=\r\n", "Base64") == b"hello"
+    assert decode(b"caf=C3=A9", "quoted-printable") == "café".encode()
+    assert decode(b"\x00\xff", None) == b"\x00\xff"
+    with pytest.raises(MIMEError, match="base64"):
+        decode(b"not base64!", "base64")
+    with pytest.raises(MIMEError, match="unknown Content-Transfer-Encoding"):
+        decode(b"x", "x-uuencode")
+
+
+def test_built_entities_parse_back():
+    data = build_entity([("Content-Type", "application/xml"), ("Content-Transfer-Encoding", "base64")],
+                        base64_lines(b"<Invoice/>" * 20))
+    entity = parse_entity(data)
+    assert entity.decoded_body() == b"<Invoice/>" * 20
+    assert all(len(line) <= 76 for line in entity.body.split(b"\r\n"))
+
+
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_parse_or_raise_mime_error(data):
+    try:
+        entity = parse_entity(data)
+    except MIMEError:
+        return
+    assert entity.raw[entity.body_start:] == entity.body
+
+
+@given(st.lists(st.binary(max_size=200).filter(lambda p: b"--bnd" not in p), min_size=1, max_size=5))
+def test_split_returns_the_parts_that_were_joined(parts):
+    body = b"".join(b"--bnd\r\n" + p + b"\r\n" for p in parts) + b"--bnd--\r\n"
+    assert split_multipart(body, "bnd") == parts
