@@ -35,7 +35,7 @@ from gateway.portal_api import build_api
 from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
 from partners.networks import NetworkSet, parse_network
-from protocols.as2.resource import AS2Resource
+from protocols.as2.resource import AS2Resource, AS2Settings
 from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
 from protocols.upload import api_root, bounded_request
@@ -59,10 +59,10 @@ def install_reactor():
     return reactor
 
 
-def _site(root: resource.Resource, max_body: int | None = None) -> server.Site:
+def _site(root: resource.Resource, max_body: int | None = None, scratch=None) -> server.Site:
     site = server.Site(root, timeout=60)
     if max_body is not None:
-        site.requestFactory = bounded_request(max_body)
+        site.requestFactory = bounded_request(max_body, scratch)
     site.displayTracebacks = False
     site.noisy = False
     return site
@@ -134,6 +134,13 @@ class PostroomService(MultiService):
 
     def _accept(self, envelope, payload) -> Deferred:
         """The intake, counted per channel and outcome."""
+        return self._counted(envelope, self.intake.accept(envelope, payload))
+
+    def _refuse(self, envelope, findings, payload) -> Deferred:
+        """A door's own refusal, quarantined by the intake and counted."""
+        return self._counted(envelope, self.intake.refuse(envelope, findings, payload))
+
+    def _counted(self, envelope, d: Deferred) -> Deferred:
         def counted(decision):
             self.metrics.messages.labels(channel=envelope.channel, outcome=decision.outcome).inc()
             return decision
@@ -143,7 +150,16 @@ class PostroomService(MultiService):
             self.metrics.messages.labels(channel=envelope.channel, outcome="unavailable").inc()
             return failure
 
-        return self.intake.accept(envelope, payload).addCallbacks(counted, unavailable)
+        return d.addCallbacks(counted, unavailable)
+
+    def _as2_settings(self, config: Config) -> AS2Settings:
+        home, ident = config.home, config.identity
+        key_path, cert_path = home.resolve(ident.encrypt_private_key), home.resolve(ident.encrypt_certificate)
+        decryption = load_key_and_certificate(read_file(key_path), read_file(cert_path), str(key_path), str(cert_path))
+        return AS2Settings(as2_id=config.gateway.as2_id, hostname=config.gateway.hostname,
+                           recipients=((decryption.key, decryption.certificate),),
+                           max_decompressed=config.limits.max_decompressed_bytes, accept=self._accept,
+                           refuse=self._refuse, run_cpu=self.cpu.run)
 
     def _receipt(self, receipt_id: str):
         return self.db.run(thd_get_receipt, receipt_id)
@@ -163,12 +179,13 @@ class PostroomService(MultiService):
         doors = []
         if config.listen.as2:
             root = resource.Resource()
-            root.putChild(b"as2", AS2Resource(self.directory.get, self._now))
+            root.putChild(b"as2", AS2Resource(self.directory.get, self._now, self._as2_settings(config)))
             root.putChild(b"api", api_root(self.directory.get, self._now, self._accept, self._receipt))
             mtls = certs_tls.ServerTLS(certs_tls.server_context(identity, self._authorize_tls, b"postroom-as2"))
             # room for S/MIME's base64 and MIME wrapping around the largest payload we accept
             max_body = 2 * config.limits.max_payload_bytes + (1 << 20)
-            doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, _site(root, max_body)), "as2")))
+            site = _site(root, max_body, self.blobs.scratch)
+            doors.append(Door("as2", config.listen.as2, self._guard(with_tls(mtls, site), "as2")))
         if config.listen.portal:
             tls = certs_tls.ServerTLS(certs_tls.server_context(identity, None, b"postroom-portal"))
             extra = NetworkSet(parse_network(n) for n in config.portal.allow_ips)

@@ -29,6 +29,7 @@ from gateway.receipts import ReceiptSigner
 from gateway.router import RouteRefused, route
 from partners.directory import PartnerDirectory
 from protocols import xmldoc
+from protocols.as2.inbound import DISPOSITION_ERRORS as AS2_DISPOSITION_ERRORS
 from protocols.envelope import GW_SIZE, Decision, Envelope, IntakeUnavailable
 from protocols.findings import Finding
 from protocols.mdn import Disposition
@@ -50,6 +51,7 @@ _DISPOSITION_ERRORS = {
     xmldoc.GW_XML: "unsupported-format",
     xmldoc.GW_DOCTYPE: "unsupported-format",
     xmldoc.GW_DOC_UNKNOWN: "unsupported-format",
+    **AS2_DISPOSITION_ERRORS,
 }
 _CHUNK = 1 << 16
 
@@ -136,7 +138,8 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
     what = f"invoice {message.number}" if message.number else f"{kind} document"
     receipt = signer.intake(
         kind="acceptance", partner_id=sender.id, original_id=envelope.external_id or message.id,
-        sha256=staged.sha256, mic=envelope.mic, now=now, disposition=Disposition(), message_id=message.id,
+        sha256=staged.sha256, mic=envelope.mic, mic_algorithm=envelope.mic_algorithm, signed=envelope.receipt_signed,
+        now=now, disposition=Disposition(), message_id=message.id,
         text=f"Accepted {what} for {decision.recipient.id}; Postroom message {message.id}.")
     return _Examined(message, decision.targets, receipt)
 
@@ -152,7 +155,8 @@ def _quarantine_receipt(signer: ReceiptSigner, envelope: Envelope, findings: tup
                  "unexpected-processing-error")
     receipt = signer.intake(
         kind="rejection", partner_id=envelope.sender.id, original_id=envelope.external_id or item.id,
-        sha256=sha256, mic=envelope.mic, now=now, disposition=Disposition(error=error), findings=findings,
+        sha256=sha256, mic=envelope.mic, mic_algorithm=envelope.mic_algorithm, signed=envelope.receipt_signed,
+        now=now, disposition=Disposition(error=error), findings=findings,
         quarantine_id=item.id, text=f"Refused: {findings[0].message}")
     return item, receipt
 
@@ -211,10 +215,20 @@ def thd_record_acceptance(conn: Connection, envelope: Envelope, examined: _Exami
         item, receipt = _quarantine_receipt(signer, envelope, (conflict.finding,), message.size, message.sha256, now)
         return thd_record_rejection(conn, envelope, item, receipt, now)
     if earlier is not None:
-        original = records.receipts_for(conn, earlier.id)
         audit.append(conn, _actor(envelope), "message.duplicate", now, message_id=earlier.id, details={
             "channel": envelope.channel, "external_id": envelope.external_id})
-        return Decision("duplicate", original[0], message_id=earlier.id)
+        if envelope.external_id is None or envelope.external_id == earlier.external_id:
+            return Decision("duplicate", records.receipts_for(conn, earlier.id)[0], message_id=earlier.id)
+        # the same document under a new message ID: the sender matches receipts by ID, so this one
+        # gets its own (rare: signed here, on the writer thread)
+        receipt = signer.intake(
+            kind="acceptance", partner_id=earlier.sender_id, original_id=envelope.external_id, sha256=earlier.sha256,
+            mic=envelope.mic, mic_algorithm=envelope.mic_algorithm, signed=envelope.receipt_signed, now=now,
+            disposition=Disposition(warning="duplicate-document"), message_id=earlier.id,
+            text=f"Already accepted on {earlier.received_at:%Y-%m-%d %H:%M} UTC as Postroom message {earlier.id} "
+                 f"(your message ID {earlier.external_id or '-'}); nothing new was created.")
+        records.insert_receipt(conn, receipt)
+        return Decision("duplicate", receipt, message_id=earlier.id)
     records.insert_message(conn, message, examined.targets)
     records.insert_receipt(conn, examined.receipt)
     audit.append(conn, _actor(envelope), "message.accepted", now, message_id=message.id, details={
@@ -255,6 +269,26 @@ class Intake:
     def accept(self, envelope: Envelope, payload: bytes | IO[bytes] | StagedBlob) -> Deferred:
         """Take one payload; fires with a :class:`Decision`, or fails with :class:`IntakeUnavailable`."""
         return Deferred.fromCoroutine(self._accept(envelope, payload))
+
+    def refuse(self, envelope: Envelope, findings: Iterable[Finding], payload: bytes | IO[bytes]) -> Deferred:
+        """Quarantine what a door refused before the document checks (e.g. it would not decrypt), with its
+        negative receipt; fires with the ``rejected`` :class:`Decision`, or fails with :class:`IntakeUnavailable`."""
+        return Deferred.fromCoroutine(self._refuse(envelope, tuple(findings), payload))
+
+    async def _refuse(self, envelope: Envelope, findings: tuple[Finding, ...], payload: bytes | IO[bytes]) -> Decision:
+        now = self._clock()
+        try:
+            staged = await self._run_io(thd_stage, self._store, payload)
+        except PayloadTooLarge as e:
+            return await self._reject(envelope, findings, None, e.seen, now)
+        except SpoolError as e:
+            raise IntakeUnavailable(f"cannot spool the payload: {e}") from e
+        try:
+            return await self._reject(envelope, findings, staged, staged.size, now)
+        except BaseException:
+            with suppress(Exception):
+                await self._run_io(self._store.discard, staged)
+            raise
 
     async def _accept(self, envelope: Envelope, payload: bytes | IO[bytes] | StagedBlob) -> Decision:
         now = self._clock()

@@ -42,21 +42,28 @@ class ReceiptSigner:
         return cls(loaded.key, loaded.certificate, tuple(loaded.chain), f"Postroom; {config.gateway.hostname}",
                    config.gateway.as2_id)
 
-    def sign(self, receipt: mdn.Receipt) -> mdn.SignedReceipt:
-        """The signed ``multipart/signed`` receipt."""
-        return mdn.build_signed(receipt, self.key, self.certificate, self.chain)
+    def sign(self, receipt: mdn.Receipt, signed: bool = True) -> mdn.ReceiptEntity:
+        """The signed ``multipart/signed`` receipt (its digest follows the MIC's where that is SHA-2),
+        or the bare report when the sender asked for an unsigned one."""
+        if not signed:
+            return mdn.unsigned(mdn.build_report(receipt))
+        micalg = "sha-" + receipt.mic_algorithm.lower().replace("-", "").removeprefix("sha")
+        return mdn.build_signed(receipt, self.key, self.certificate, self.chain, micalg)
 
     def intake(self, *, kind: str, partner_id: str, original_id: str, sha256: str | None, now: datetime,
                disposition: mdn.Disposition, text: str, findings: Sequence[Finding] = (),
-               mic: str | None = None, message_id: str | None = None,
-               quarantine_id: str | None = None) -> StoredReceipt:
-        """The receipt for an intake outcome (``acceptance`` or ``rejection``), ready to store and send."""
+               mic: str | None = None, mic_algorithm: str = "sha-256", signed: bool = True,
+               message_id: str | None = None, quarantine_id: str | None = None) -> StoredReceipt:
+        """The receipt for an intake outcome (``acceptance`` or ``rejection``), ready to store and send.
+
+        ``mic`` (with ``mic_algorithm``) is the door's own MIC; by default the payload's SHA-256.
+        """
         if mic is None and sha256 is not None:
-            mic = mic_of(sha256)
+            mic, mic_algorithm = mic_of(sha256), "sha-256"
         receipt = mdn.Receipt(original_message_id=original_id, reporting_ua=self.reporting_ua,
                               recipient=self.identity, disposition=disposition, text=text, mic=mic,
-                              findings=tuple(findings))
-        return self._stored(kind, partner_id, disposition, receipt, now, "sent", message_id, quarantine_id)
+                              mic_algorithm=mic_algorithm, findings=tuple(findings))
+        return self._stored(kind, partner_id, disposition, receipt, now, "sent", message_id, quarantine_id, signed)
 
     def returned(self, message: Message, event: str, now: datetime) -> StoredReceipt:
         """A return receipt for the original sender: the recipient ``downloaded`` or ``acknowledged`` it."""
@@ -70,8 +77,9 @@ class ReceiptSigner:
         return self._stored("return", message.sender_id, disposition, receipt, now, "pending", message.id, None)
 
     def _stored(self, kind: str, partner_id: str, disposition: mdn.Disposition, receipt: mdn.Receipt,
-                now: datetime, state: str, message_id: str | None, quarantine_id: str | None) -> StoredReceipt:
-        signed = self.sign(receipt)
+                now: datetime, state: str, message_id: str | None, quarantine_id: str | None,
+                signed: bool = True) -> StoredReceipt:
+        entity = self.sign(receipt, signed)
         return StoredReceipt(id=new_id(now), kind=kind, partner_id=partner_id, disposition=disposition.field(),
-                             content_type=signed.content_type, body=signed.body, created_at=now, state=state,
+                             content_type=entity.content_type, body=entity.body, created_at=now, state=state,
                              message_id=message_id, quarantine_id=quarantine_id)

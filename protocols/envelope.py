@@ -28,8 +28,10 @@ class Envelope:
     :ivar external_id: the sender's message ID (AS2 ``Message-ID``, mail ``Message-ID``, HTTP
         ``Idempotency-Key``); a repeat with the same ID is a duplicate.
     :ivar door_recipient: a partner ID the door's own addressing names (SFTP path, mail local part).
-    :ivar mic: the door's own MIC for the receipt (AS2 computes it over the signed MIME part); default:
-        the SHA-256 of the payload.
+    :ivar mic: the door's own MIC for the receipt (AS2 computes it over the signed MIME part), in
+        ``mic_algorithm`` as the sender named it; default: the SHA-256 of the payload.
+    :ivar receipt_signed: False when the sender asked for an unsigned receipt (AS2 without
+        ``signed-receipt-protocol``); every other receipt is signed.
     """
 
     sender: Partner
@@ -39,6 +41,8 @@ class Envelope:
     content_type: str | None = None
     door_recipient: str | None = None
     mic: str | None = None
+    mic_algorithm: str = "sha-256"
+    receipt_signed: bool = True
 
 
 @attrs.frozen

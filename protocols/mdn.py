@@ -149,8 +149,8 @@ def build_report(receipt: Receipt) -> bytes:
 
 
 @attrs.frozen
-class SignedReceipt:
-    """A signed receipt: the top-level ``Content-Type`` and the body bytes that go with it."""
+class ReceiptEntity:
+    """A receipt as sent: the top-level ``Content-Type`` and the body bytes that go with it."""
 
     content_type: str
     body: bytes
@@ -160,10 +160,25 @@ class SignedReceipt:
         return f"Content-Type: {self.content_type}{CRLF}MIME-Version: 1.0{CRLF}{CRLF}".encode("ascii") + self.body
 
 
+#: Digests a receipt signature may use, by ``micalg`` name (RFC 5751 §3.4.3.2).
+SIGNATURE_DIGESTS = {"sha-256": hashes.SHA256, "sha-384": hashes.SHA384, "sha-512": hashes.SHA512}
+
+
+def unsigned(report: bytes) -> ReceiptEntity:
+    """The report as an unsigned receipt, for senders that did not ask for a signed one."""
+    head, _, body = report.partition(f"{CRLF}{CRLF}".encode("ascii"))
+    content_type = head.decode("ascii").removeprefix("Content-Type: ").replace(f"{CRLF}\t", " ")
+    return ReceiptEntity(content_type, body)
+
+
 def sign(report: bytes, key: PrivateKey, certificate: Certificate,
-         chain: Sequence[Certificate] = ()) -> SignedReceipt:
-    """Wrap ``report`` (exact bytes, signed as they are) in ``multipart/signed`` with a detached CMS signature."""
-    builder = pkcs7.PKCS7SignatureBuilder().set_data(report).add_signer(certificate, key, hashes.SHA256())
+         chain: Sequence[Certificate] = (), micalg: str = "sha-256") -> ReceiptEntity:
+    """Wrap ``report`` (exact bytes, signed as they are) in ``multipart/signed`` with a detached CMS signature.
+
+    ``micalg`` is one of :data:`SIGNATURE_DIGESTS`; anything weaker is signed with SHA-256.
+    """
+    micalg = micalg if micalg in SIGNATURE_DIGESTS else "sha-256"
+    builder = pkcs7.PKCS7SignatureBuilder().set_data(report).add_signer(certificate, key, SIGNATURE_DIGESTS[micalg]())
     for extra in chain:
         builder = builder.add_certificate(extra)
     der = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
@@ -179,11 +194,11 @@ def sign(report: bytes, key: PrivateKey, certificate: Certificate,
           f"{signature}"
           f"--{boundary}--{CRLF}".encode("ascii")
     )
-    content_type = f'multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="{boundary}"'
-    return SignedReceipt(content_type, body)
+    content_type = f'multipart/signed; protocol="application/pkcs7-signature"; micalg={micalg}; boundary="{boundary}"'
+    return ReceiptEntity(content_type, body)
 
 
 def build_signed(receipt: Receipt, key: PrivateKey, certificate: Certificate,
-                 chain: Sequence[Certificate] = ()) -> SignedReceipt:
+                 chain: Sequence[Certificate] = (), micalg: str = "sha-256") -> ReceiptEntity:
     """:func:`build_report` then :func:`sign`: the receipt exactly as it is sent and kept."""
-    return sign(build_report(receipt), key, certificate, chain)
+    return sign(build_report(receipt), key, certificate, chain, micalg)

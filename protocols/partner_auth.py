@@ -73,6 +73,12 @@ class PartnerResource(resource.Resource):
             return self.answer(request, 405, "method_not_allowed", f"Use {' or '.join(allowed)}.")
         return handler(request, partner)
 
+    def finish(self, request: IRequest, body: bytes) -> None:
+        """Send ``body`` and finish a deferred answer, unless the client has gone."""
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
+
     def answer(self, request: IRequest, code: int, error_code: str, text: str) -> bytes:
         """A short ``text/plain`` answer."""
         request.setResponseCode(code)

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable
 from email.message import Message as _HeaderParser
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
@@ -81,11 +81,6 @@ class _Authenticated(PartnerResource):
         """Refusals as JSON, like every answer of this API."""
         return error(request, code, error_code, text)
 
-    def _finish(self, request: IRequest, body: bytes) -> None:
-        if not request.finished and not getattr(request, "_disconnected", False):
-            request.write(body)
-            request.finish()
-
 
 class DocumentsResource(_Authenticated):
     """``/api/v1/documents``: hand a document to the intake."""
@@ -116,7 +111,7 @@ class DocumentsResource(_Authenticated):
             code = 200
         else:
             code = 413 if any(f.code == GW_SIZE for f in decision.findings) else 422
-        self._finish(request, json_response(request, code, body))
+        self.finish(request, json_response(request, code, body))
 
     def _failed(self, failure, request: IRequest) -> None:
         if failure.check(IntakeUnavailable):
@@ -127,7 +122,7 @@ class DocumentsResource(_Authenticated):
         else:
             self._log.failure("upload: internal error", failure)
             body = error(request, 500, "internal_error", "Internal error; nothing was accepted. Retry later.")
-        self._finish(request, body)
+        self.finish(request, body)
 
 
 class ReceiptsResource(resource.Resource):
@@ -157,26 +152,28 @@ class _Receipt(_Authenticated):
         d = self._lookup(self._id)
         d.addCallback(self._found, request, partner.id)
         d.addErrback(lambda f: (self._log.failure("receipt lookup failed", f),
-                                self._finish(request, error(request, 503, "temporarily_unavailable", "retry later"))))
+                                self.finish(request, error(request, 503, "temporarily_unavailable", "retry later"))))
         return server.NOT_DONE_YET
 
     def _found(self, receipt: StoredReceipt | None, request: IRequest, partner_id: str) -> None:
         if receipt is None or receipt.partner_id != partner_id:
-            self._finish(request, error(request, 404, "not_found", "no such receipt"))
+            self.finish(request, error(request, 404, "not_found", "no such receipt"))
             return
         request.setHeader(b"content-type", receipt.content_type.encode("ascii"))
         request.setHeader(b"mime-version", b"1.0")
         request.setHeader(b"cache-control", b"no-store")
-        self._finish(request, receipt.body)
+        self.finish(request, receipt.body)
 
 
-def bounded_request(max_body: int) -> type[server.Request]:
+def bounded_request(max_body: int, scratch: Callable[[], IO[bytes]] | None = None) -> type[server.Request]:
     """A request class that refuses a body above ``max_body`` bytes while it is still arriving.
 
     twisted.web buffers a whole body (to a temporary file) before any resource sees it, so without
     this a partner with a valid certificate could fill the disk with one endless chunked request.
     A declared ``Content-Length`` over the cap is refused before a byte of the body is read; a
     chunked body as soon as it passes the cap. The answer is a bare ``413`` and the connection closes.
+    Bodies that twisted.web would put in a temporary file (large or of unknown length) go to
+    ``scratch()`` instead — the spool's own temporary area, on the disk sized for payloads.
     """
 
     class BoundedRequest(server.Request):
@@ -188,6 +185,9 @@ def bounded_request(max_body: int) -> type[server.Request]:
                 self._refuse()
                 return
             super().gotLength(length)
+            if scratch is not None and not isinstance(self.content, io.BytesIO):
+                self.content.close()
+                self.content = scratch()
 
         def handleContentChunk(self, data: bytes) -> None:
             if self._refused:

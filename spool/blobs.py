@@ -23,6 +23,7 @@ or crash at any step (``tests/spool/test_blobs_crash.py``). A store may be share
 
 import hashlib
 import re
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
@@ -216,6 +217,11 @@ class BlobStore:
         except OSError as exc:
             raise SpoolWriteError(f"cannot create the spool layout in {self.root}: {exc}") from exc
         self._durable_dirs.update(created)
+
+    def scratch(self) -> BinaryIO:
+        """An anonymous temporary file in ``tmp/`` (0600, gone when closed or when the process dies),
+        for raw bytes that arrive before anyone knows whether they will be kept."""
+        return tempfile.TemporaryFile(dir=self._tmp)
 
     def stage(self) -> BlobWriter:
         """Start a payload: a new ``tmp/<uuid4 hex>`` file, ``O_EXCL``, mode 0600.

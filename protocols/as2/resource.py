@@ -1,14 +1,63 @@
-# -*- test-case-name: tests.protocols.test_partner_auth -*-
-"""The ``/as2`` resource on the mutual-TLS listener.
+# -*- test-case-name: tests.e2e.test_as2_door -*-
+"""The ``/as2`` door on the mutual-TLS listener: HTTP in, the intake, an MDN out (RFC 4130).
 
-It authenticates the partner (client certificate ∧ that partner's allowlist) on every request.
-Message handling — S/MIME, MDNs, the intake — arrives with the AS2 door; until then an authenticated
-partner gets ``501 Not Implemented`` and nothing is stored.
+The partner must be proven three ways before anything is stored: its client certificate, its own
+allowlist (both in :class:`~protocols.partner_auth.PartnerResource`), and ``AS2-From`` naming one of
+its AS2 IDs while ``AS2-To`` names us. The body arrives spooled to disk (the listener's request class);
+the S/MIME work runs on the CPU pool; the answer waits for the intake's durable decision, so a
+positive MDN is never sent for data that is not on disk.
 """
 
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from email.utils import formatdate
+from typing import IO, Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.web import server
 from twisted.web.iweb import IRequest
 
-from protocols.partner_auth import PartnerResource
+from certs.x509 import Certificate, PrivateKey
+from partners.directory import Partner
+from protocols.as2 import inbound
+from protocols.as2.mime import Headers
+from protocols.envelope import Decision, Envelope, IntakeUnavailable
+from protocols.partner_auth import DirectorySource, Now, PartnerResource
+
+AS2_VERSION = b"1.2"
+
+
+@attrs.frozen
+class AS2Settings:
+    """What the door needs from the gateway."""
+
+    as2_id: str  #: our AS2 ID: ``AS2-To`` must name it
+    hostname: str  #: for the MDNs' ``Message-ID``
+    recipients: tuple[tuple[PrivateKey, Certificate], ...] = attrs.field(repr=False)  #: decryption keys
+    max_decompressed: int
+    accept: Callable[[Envelope, Any], Deferred]
+    refuse: Callable[[Envelope, Sequence[Any], Any], Deferred]
+    run_cpu: Callable[..., Deferred]
+
+
+def _headers(request: IRequest) -> Headers:
+    return Headers.of((name.decode("latin-1"), value.decode("latin-1"))
+                      for name, values in request.requestHeaders.getAllRawHeaders() for value in values)
+
+
+def thd_unwrap(content: IO[bytes], headers: Headers, partner: Partner, settings: AS2Settings, digest: str,
+               now: datetime) -> inbound.Unwrapped | inbound.AS2Refused:
+    """Read the spooled body and peel it (CPU pool); a refusal is returned, not raised."""
+    content.seek(0)
+    body = content.read()
+    try:
+        return inbound.unwrap(
+            headers, body, recipients=settings.recipients, trusted=partner.certificates.get("sign", ()),
+            cas=partner.cas.get("sign", ()), security=inbound.Security.of(partner.policy), mic_digest=digest,
+            max_decompressed=settings.max_decompressed, now=now)
+    except inbound.AS2Refused as refused:
+        return refused
 
 
 class AS2Resource(PartnerResource):
@@ -16,8 +65,72 @@ class AS2Resource(PartnerResource):
 
     door = "as2"
 
-    def handle_POST(self, request: IRequest, partner) -> bytes:
-        """501 until the AS2 door lands."""
-        self._log.info("as2: request from partner {partner}", partner=partner.id)
-        return self.answer(request, 501, "not_implemented",
-                           f"AS2 message handling is not available yet (partner {partner.id} authenticated)")
+    def __init__(self, directory: DirectorySource, now: Now, settings: AS2Settings):
+        super().__init__(directory, now)
+        self._settings = settings
+
+    def handle_POST(self, request: IRequest, partner: Partner):
+        """Check the AS2 addressing, then unwrap, take in and answer with the MDN."""
+        headers = _headers(request)
+        as2_from, as2_to = inbound.as2_name(headers.get("as2-from")), inbound.as2_name(headers.get("as2-to"))
+        if as2_from is None or as2_from not in partner.as2_ids:
+            return self._forbidden(request, f"AS2-From {as2_from or '(missing)'} is not an AS2 ID registered to "
+                                            f"partner {partner.id}")
+        if as2_to != self._settings.as2_id:
+            return self._forbidden(request, f"AS2-To {as2_to or '(missing)'} is not this gateway; address "
+                                            f"{self._settings.as2_id}")
+        message_id = (headers.get("message-id") or "").strip()
+        if not message_id or len(message_id) > 998 or not message_id.isprintable():
+            return self.answer(request, 400, "bad_request", "Every AS2 message needs a Message-ID header.")
+        wanted = inbound.receipt_request(headers, partner.policy.allow_sha1)
+        envelope = Envelope(sender=partner, channel="as2", external_id=message_id,
+                            content_type=headers.get("content-type"), mic_algorithm=wanted.mic_algorithm,
+                            receipt_signed=wanted.signed)
+        d = self._settings.run_cpu(thd_unwrap, request.content, headers, partner, self._settings, wanted.digest,
+                                   self._now())
+        d.addCallback(self._take, request, envelope)
+        d.addCallbacks(self._answer, self._failed, callbackArgs=(request, envelope, wanted, as2_from),
+                       errbackArgs=(request,))
+        return server.NOT_DONE_YET
+
+    def _forbidden(self, request: IRequest, reason: str) -> bytes:
+        self._log.info("as2: refused request: {reason}", reason=reason)
+        return self.answer(request, 403, "forbidden", f"Forbidden: {reason}")
+
+    def _take(self, result: inbound.Unwrapped | inbound.AS2Refused, request: IRequest, envelope: Envelope) -> Deferred:
+        if isinstance(result, inbound.AS2Refused):
+            self._log.info("as2: refused message {id} from {partner}: {reason}", id=envelope.external_id,
+                           partner=envelope.sender.id, reason=result.finding.message)
+            envelope = attrs.evolve(envelope, mic=result.mic)
+            request.content.seek(0)
+            return self._settings.refuse(envelope, [result.finding], request.content)
+        envelope = attrs.evolve(envelope, filename=result.filename, content_type=result.content_type, mic=result.mic)
+        return self._settings.accept(envelope, result.payload)
+
+    def _answer(self, decision: Decision, request: IRequest, envelope: Envelope, wanted: inbound.ReceiptRequest,
+                as2_from: str) -> None:
+        self._log.info("as2: message {id} from {partner}: {outcome}", id=envelope.external_id,
+                       partner=envelope.sender.id, outcome=decision.outcome)
+        request.setResponseCode(200)
+        if not wanted.wanted:
+            self.finish(request, b"")
+            return
+        receipt = decision.receipt
+        for name, value in (
+            ("AS2-Version", AS2_VERSION.decode()), ("AS2-From", self._settings.as2_id), ("AS2-To", as2_from),
+            ("Message-ID", f"<{receipt.id}@{self._settings.hostname}>"), ("Date", formatdate(usegmt=True)),
+            ("MIME-Version", "1.0"), ("Content-Type", receipt.content_type),
+        ):
+            request.setHeader(name.encode("ascii"), value.encode("ascii"))
+        self.finish(request, receipt.body)
+
+    def _failed(self, failure, request: IRequest) -> None:
+        request.setHeader(b"retry-after", b"30")
+        if failure.check(IntakeUnavailable):
+            self._log.warn("as2: temporary failure: {error}", error=failure.getErrorMessage())
+            body = self.answer(request, 503, "temporarily_unavailable",
+                               "The gateway cannot store messages right now; nothing was accepted. Resend later.")
+        else:
+            self._log.failure("as2: internal error", failure)
+            body = self.answer(request, 500, "internal_error", "Internal error; nothing was accepted. Resend later.")
+        self.finish(request, body)

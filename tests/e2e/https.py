@@ -30,7 +30,7 @@ class Response:
         return json.loads(self.body)
 
 
-def _curl(daemon, path: str, args: list[str], partner: str, tmp: Path) -> Response:
+def mtls_request(daemon, path: str, args: list[str], partner: str, tmp: Path) -> Response:
     home = daemon.home
     folder = home.demo / partner
     headers_file = tmp / "headers.txt"
@@ -67,12 +67,12 @@ def post_document(daemon, document: Path | bytes, tmp: Path, *, partner: str = "
         args += ["-H", f'Content-Disposition: attachment; filename="{filename}"']
     if chunked:
         args += ["-H", "Transfer-Encoding: chunked"]
-    return _curl(daemon, "/api/v1/documents", args, partner, tmp)
+    return mtls_request(daemon, "/api/v1/documents", args, partner, tmp)
 
 
 def get(daemon, path: str, tmp: Path, *, partner: str = "acme") -> Response:
     """``GET path`` on the mutual-TLS listener."""
-    return _curl(daemon, path, [], partner, tmp)
+    return mtls_request(daemon, path, [], partner, tmp)
 
 
 def verify_receipt(daemon, response: Response, tmp: Path) -> str:

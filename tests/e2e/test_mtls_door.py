@@ -14,14 +14,18 @@ from certs.x509 import fingerprint, load_certificate, read_file
 
 
 def curl(daemon, path, *, partner="acme", interface=None, door="as2", method="POST", host="127.0.0.1"):
-    """Run curl against a door; returns (exit code, HTTP status, body, stderr)."""
+    """Run curl against a door; returns (exit code, HTTP status, body, stderr).
+
+    The AS2 probe is correctly addressed but has no Message-ID: an authenticated partner gets 400.
+    """
     home = daemon.home
     args = ["curl", "-sS", "--max-time", "10", "--cacert", str(home.dev_ca / "ca.crt"),
             "-o", "-", "-w", "\n%{http_code}", "-X", method,
             "--connect-to", f"localhost:443:{host}:{daemon.ports[door]}"]
     if partner:
         folder = home.demo / partner
-        args += ["--cert", str(folder / f"{partner}-tls.crt"), "--key", str(folder / f"{partner}-tls.key")]
+        args += ["--cert", str(folder / f"{partner}-tls.crt"), "--key", str(folder / f"{partner}-tls.key"),
+                 "-H", f"AS2-From: {partner.upper()}", "-H", "AS2-To: POSTROOM"]
     if interface:
         args += ["--interface", interface]
     if method == "POST":
@@ -58,10 +62,10 @@ def restrict(daemon, partner: str, network: str) -> None:
 
 
 def test_registered_partner_from_allowed_address_reaches_as2(daemon):
-    """acme's registered client certificate from an allowed address is authenticated and gets 501."""
+    """acme's registered certificate from an allowed address is authenticated (400: the probe has no Message-ID)."""
     rc, code, body, err = curl(daemon, "/as2")
-    assert (rc, code) == (0, 501), err
-    assert "partner acme authenticated" in body
+    assert (rc, code) == (0, 400), err
+    assert "Every AS2 message needs a Message-ID header" in body
 
 
 def test_as2_only_takes_post(daemon):
@@ -127,7 +131,7 @@ def test_address_no_partner_allows_is_closed_before_server_hello(daemon):
     assert rc != 0 and code == 0, err
     assert metric(daemon, 'postroom_connections_refused_total{door="as2"}') > refused_before
     # 127.0.0.1 is still allowed: the allowlist refused the address, not the partner.
-    assert curl(daemon, "/as2")[1] == 501
+    assert curl(daemon, "/as2")[1] == 400
 
 
 def test_certificate_of_one_partner_from_another_partners_network_is_forbidden(daemon):
@@ -136,18 +140,18 @@ def test_certificate_of_one_partner_from_another_partners_network_is_forbidden(d
     wait_until(lambda: curl(daemon, "/as2", interface="127.0.0.3")[1] == 403)
     rc, code, body, _ = curl(daemon, "/as2", interface="127.0.0.3")
     assert "127.0.0.3 is not in the allowlist of partner acme" in body
-    assert curl(daemon, "/as2", partner="globex", interface="127.0.0.3")[1] == 501
+    assert curl(daemon, "/as2", partner="globex", interface="127.0.0.3")[1] == 400
 
 
 def test_disabled_partner_is_refused_within_seconds(daemon):
     """`postroom partner disable` reaches the running daemon without a restart, within seconds."""
-    assert curl(daemon, "/as2")[1] == 501
+    assert curl(daemon, "/as2")[1] == 400
     daemon.cli("partner", "disable", "acme")
     took = wait_until(lambda: curl(daemon, "/as2")[1] == 0, timeout=10)
     assert took < 10
-    assert curl(daemon, "/as2", partner="globex")[1] == 501
+    assert curl(daemon, "/as2", partner="globex")[1] == 400
     daemon.cli("partner", "enable", "acme")
-    wait_until(lambda: curl(daemon, "/as2")[1] == 501)
+    wait_until(lambda: curl(daemon, "/as2")[1] == 400)
 
 
 def test_removed_certificate_is_refused(daemon):

@@ -21,7 +21,7 @@ def test_demo_home_on_postgresql_serves_and_follows_cli_changes(postgres_server,
     daemon = Daemon(home).start()
     try:
         rc, code, body, err = curl(daemon, "/as2")
-        assert (rc, code) == (0, 501), err
+        assert (rc, code) == (0, 400), err
         accepted = post_document(daemon, BASE_EXAMPLE, tmp_path, key="pg-1")
         assert accepted.status == 201, accepted
         assert post_document(daemon, BASE_EXAMPLE, tmp_path, key="pg-1").json()["outcome"] == "duplicate"
@@ -29,6 +29,6 @@ def test_demo_home_on_postgresql_serves_and_follows_cli_changes(postgres_server,
         wait_until(lambda: "delivered" in daemon.cli("message", "show", accepted.json()["message"]).stdout)
         daemon.cli("partner", "disable", "acme")
         wait_until(lambda: curl(daemon, "/as2")[1] == 0)
-        assert curl(daemon, "/as2", partner="globex")[1] == 501
+        assert curl(daemon, "/as2", partner="globex")[1] == 400
     finally:
         assert daemon.stop() == 0

@@ -35,7 +35,7 @@ from gateway.receipts import ReceiptSigner
 from partners import store, tokens
 from partners.schema import partners
 from partners.store import NewPartner
-from protocols.mdn import SignedReceipt
+from protocols.mdn import ReceiptEntity
 from spool import audit, records
 from spool.blobs import BlobStore
 from spool.database import create_engine, upgrade
@@ -368,7 +368,7 @@ async def test_the_return_receipt_verifies_with_openssl(world):
         message = api.inbox[1]
         await curl(api, f"/invoices/{message.id}/content")
         [receipt] = return_receipts(api, message.id)
-        (api.tmp / "receipt.eml").write_bytes(SignedReceipt(receipt.content_type, receipt.body).as_mime())
+        (api.tmp / "receipt.eml").write_bytes(ReceiptEntity(receipt.content_type, receipt.body).as_mime())
         (api.tmp / "ca.crt").write_bytes(api.ca.certificate.public_bytes(Encoding.PEM))
         for trust in (["-noverify"], ["-CAfile", str(api.tmp / "ca.crt"), "-purpose", "any"]):
             done = subprocess.run(["openssl", "cms", "-verify", *trust, "-inform", "SMIME",

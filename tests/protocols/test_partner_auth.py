@@ -8,7 +8,7 @@ from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from partners.directory import Partner, PartnerDirectory
 from partners.networks import NetworkSet, parse_network
-from protocols.as2.resource import AS2Resource
+from protocols.as2.resource import AS2Resource, AS2Settings
 from protocols.partner_auth import PartnerAuthError, authenticate
 
 
@@ -51,11 +51,19 @@ def acme_cert(dev_ca):
 @pytest.fixture(scope="module")
 def directory(acme_cert) -> PartnerDirectory:
     acme = Partner("acme", "ACME", True, networks=NetworkSet([parse_network("192.0.2.0/24")]),
-                   certificates={"tls": (acme_cert,)})
+                   certificates={"tls": (acme_cert,)}, as2_ids=("ACME",))
     return PartnerDirectory.build(1, [acme])
 
 
 NOW = datetime.now(UTC)
+
+
+def _unused(*args):
+    raise AssertionError("nothing may reach the intake in these tests")
+
+
+SETTINGS = AS2Settings(as2_id="POSTROOM", hostname="gw.example", recipients=(), max_decompressed=1 << 20,
+                       accept=_unused, refuse=_unused, run_cpu=_unused)
 
 
 def test_registered_certificate_from_its_partners_network_authenticates(directory, acme_cert):
@@ -81,9 +89,9 @@ def test_address_outside_the_partners_own_allowlist_is_refused(directory, acme_c
         authenticate(request(acme_cert, host="198.51.100.1"), directory, NOW)
 
 
-def test_as2_resource_answers_403_501_and_405(directory, acme_cert):
-    """/as2 refuses strangers with 403 and a reason, takes only POST, and says 501 until the door lands."""
-    resource = AS2Resource(lambda: directory, lambda: NOW)
+def test_as2_resource_answers_403_and_405(directory, acme_cert):
+    """/as2 refuses strangers with 403 and a reason, takes only POST, and checks the AS2 addressing."""
+    resource = AS2Resource(lambda: directory, lambda: NOW, SETTINGS)
     forbidden = request(acme_cert, host="198.51.100.1")
     body = resource.render(forbidden)
     assert forbidden.responseCode == 403 and b"allowlist of partner acme" in body
@@ -92,19 +100,23 @@ def test_as2_resource_answers_403_501_and_405(directory, acme_cert):
     assert get.responseCode == 405 and get.responseHeaders.getRawHeaders(b"allow") == [b"POST"]
     post = request(acme_cert)
     body = resource.render(post)
-    assert post.responseCode == 501 and b"acme" in body
+    assert post.responseCode == 403 and b"AS2-From (missing) is not an AS2 ID registered to partner acme" in body
+    misaddressed = request(acme_cert)
+    misaddressed.requestHeaders.setRawHeaders(b"as2-from", [b'"ACME"'])
+    misaddressed.requestHeaders.setRawHeaders(b"as2-to", [b"SOMEONE ELSE"])
+    body = resource.render(misaddressed)
+    assert misaddressed.responseCode == 403 and b"AS2-To SOMEONE ELSE is not this gateway" in body
 
 
 def test_as2_resource_reads_the_directory_on_every_request(directory, acme_cert):
     """A partner disabled while a connection stays open is refused on its next request."""
     current = {"d": directory}
-    resource = AS2Resource(lambda: current["d"], lambda: NOW)
+    resource = AS2Resource(lambda: current["d"], lambda: NOW, SETTINGS)
     first = request(acme_cert)
-    resource.render(first)
-    assert first.responseCode == 501
+    assert b"AS2-From" in resource.render(first)  # authenticated: refused only for its AS2 headers
     disabled = Partner("acme", "ACME", False, networks=NetworkSet([parse_network("192.0.2.0/24")]),
                        certificates={"tls": (acme_cert,)})
     current["d"] = PartnerDirectory.build(2, [disabled])
     second = request(acme_cert)
-    resource.render(second)
+    assert b"not registered to an active partner" in resource.render(second)
     assert second.responseCode == 403
