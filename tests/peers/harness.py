@@ -14,6 +14,9 @@ this module and reuse the same classes with their own fixtures.
 - ``MdnCatcher``: a tiny in-test HTTP(S) server that stores POSTs (e.g. async MDNs) as raw
   headers + body, for ``Pyas2lib.verify_mdn``.
 Every process started here is stopped by ``stop()`` (terminate, then kill after a deadline).
+
+All calls block (subprocess.run, polling). A test whose server under test runs on the reactor in the
+same process must not call them on the reactor thread: use ``deferToThread(pyas2lib.send, ...)``.
 """
 
 import http.server
@@ -230,6 +233,10 @@ class Pyas2libServer(PeerProcess):
 
     def wait_async_mdns(self, count: int = 1, timeout: float = 30) -> list[dict]:
         return _wait(self.async_mdns, count, timeout, "async MDN sends")
+
+    def tls_errors(self) -> list[dict]:
+        """TLS handshakes the server refused (tls_errors.jsonl), e.g. no or untrusted client certificate."""
+        return _read_jsonl(self.output_dir / "tls_errors.jsonl")
 
     def mdns(self) -> list[dict]:
         """MDNs POSTed to this server (answers to ``send --mdn async``), parsed (mdns.jsonl)."""

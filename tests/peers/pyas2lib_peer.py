@@ -16,6 +16,7 @@ Commands
     outcome appended to ``async_mdns.jsonl``. A POST that is an MDN (an async MDN answering a
     ``send --mdn async``) is checked against ``sent.jsonl`` and recorded in ``mdns.jsonl``.
     Duplicate Message-IDs (already processed) get ``processed/Warning: duplicate-document``.
+    Refused TLS handshakes (no or untrusted client certificate) go to ``tls_errors.jsonl``.
 
 ``send --config CONFIG --url URL --file PATH [options]``
     Build a message with pyas2lib (options override the partner's config: ``--sign/--no-sign``,
@@ -48,6 +49,8 @@ Config (JSON; paths absolute, PEM files)::
       "mdn_url": null,                    # optional: default --async-url for send
       "output_dir": "/out",               # serve writes here; send appends sent.jsonl here
       "client_tls": {"cert": "...", "key": "...", "ca": "..."},   # optional outbound HTTPS defaults
+      "fail_first": 0,                    # serve: answer the first N POSTs 503 without reading them as AS2
+      "delay_seconds": 0,                 # serve: wait this long before answering (slow sync MDN)
       "partners": [{
         "as2_id": "POSTROOM",
         "sign_cert": "/k/postroom-sign.crt",    # verifies its messages and MDNs
@@ -75,6 +78,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import traceback
 import urllib.error
 import urllib.request
@@ -388,13 +392,14 @@ class PeerState:
         self.out = Path(config.get("output_dir") or ".").resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
-        self.seq = 0
         self.seen: set[tuple[str, str]] = set()
+        self.refused = 0
+        # a restarted peer goes on numbering and remembers what it processed
+        self.seq = max((int(p.stem) for p in self.out.glob("*.request") if p.stem.isdigit()), default=0)
         received = self.out / "received.jsonl"
-        if received.exists():  # a restarted peer remembers what it processed
+        if received.exists():
             for line in received.read_text().splitlines():
                 record = json.loads(line)
-                self.seq = max(self.seq, record.get("seq", 0))
                 if record.get("payload_file"):
                     self.seen.add((record["message_id"], record["as2_from"]))
         self.org = organization(config, sign=config.get("sign_mdns", True))
@@ -498,8 +503,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200, {"Content-Type": "text/plain"}, b"pyas2lib test peer: POST AS2 messages here\n")
 
     def do_POST(self):
+        try:
+            self._post()
+        except Exception:  # a harness bug: answer 500 with the traceback rather than drop the connection
+            text = traceback.format_exc()
+            log.error("failed to handle a POST:\n%s", text)
+            self._reply(500, {"Content-Type": "text/plain"}, f"pyas2lib peer error:\n{text}".encode())
+
+    def _post(self):
         state: PeerState = self.server.state
         body = self._body()
+        with state.lock:
+            refuse = state.refused < int(state.config.get("fail_first") or 0)
+            state.refused += refuse
+        if refuse:
+            self._reply(503, {"Content-Type": "text/plain", "Retry-After": "1"}, b"try again later\n")
+            return
         headers = list(self.headers.items())
         raw = raw_http_message(headers, body)
         peer_cert = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
@@ -545,6 +564,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(200, {"Content-Type": "text/plain"}, b"AS2 MDN received\n")
             return
         message, mdn = reply
+        time.sleep(float(state.config.get("delay_seconds") or 0))
         if mdn is not None and mdn.mdn_mode == "SYNC":
             self._reply(200, dict(mdn.headers), mdn_body)
             return
@@ -592,6 +612,9 @@ class Server(http.server.ThreadingHTTPServer):
                 request.do_handshake()
             except (ssl.SSLError, OSError) as e:
                 log.warning("TLS handshake with %s failed: %s", client_address, e)
+                with self.state.lock:
+                    _append_jsonl(self.state.out / "tls_errors.jsonl",
+                                  {"time": _now(), "client": list(client_address), "error": str(e)})
                 return
         super().finish_request(request, client_address)
 
