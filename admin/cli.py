@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import click
 
-from admin import messages_cli, routes_cli, tokens_cli
+from admin import messages_cli, routes_cli, send_cli, tokens_cli
 from admin.context import (
     ACTOR,
     Context,
@@ -33,6 +33,7 @@ from gateway.home import Home
 from partners import store
 from partners.identifiers import DELIVERY_MODES
 from partners.networks import parse_network
+from protocols.as2.outbound import SendOptions
 from spool import audit
 from spool.database import create_engine, upgrade
 
@@ -231,6 +232,25 @@ def partner_policy(c: Context, partner_id: str, settings: tuple[str, ...], as_js
     emit_json(policy.to_json()) if as_json else emit_record(policy.to_json())
 
 
+@partner.command("as2")
+@click.argument("partner_id", metavar="ID")
+@click.argument("settings", nargs=-1, metavar="[NAME=VALUE]...")
+@json_option
+@pass_ctx
+def partner_as2(c: Context, partner_id: str, settings: tuple[str, ...], as_json: bool) -> None:
+    """Show or change how AS2 messages to a partner are wrapped: sign, encrypt, compress, pss, signed_mdn
+    (true|false), digest (sha1..sha512), cipher, key_transport, mdn (sync|async|none)."""
+    with c.transaction() as conn:
+        options = SendOptions.from_stored(store.get_as2_options(conn, partner_id))
+    for setting in settings:
+        options = options.with_setting(setting)
+    if settings:
+        with c.change("partner.as2.changed", partner_id, as2_options=options.changes()) as (conn, _):
+            store.set_as2_options(conn, partner_id, options.changes(), now())
+    shown = attrs.asdict(options)
+    emit_json(shown) if as_json else emit_record(shown)
+
+
 @partner.group("cert")
 def partner_cert() -> None:
     """A partner's certificates."""
@@ -384,7 +404,7 @@ def pki_issue(c: Context, name: str, usage: str, out_dir: str, hostname, email, 
     click.echo(f"fingerprint: {certs_x509.fingerprint(issued.certificate)}")
 
 
-for group in (messages_cli.message, messages_cli.spool, routes_cli.route, tokens_cli.token):
+for group in (messages_cli.message, messages_cli.spool, routes_cli.route, tokens_cli.token, send_cli.send):
     cli.add_command(group)
 
 

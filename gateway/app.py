@@ -32,9 +32,13 @@ from gateway.metrics import Metrics, operations_root
 from gateway.pools import ThreadPoolService
 from gateway.portal import PortalHome
 from gateway.portal_api import build_api
+from gateway.receipt_courier import ReceiptCourier
 from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
 from partners.networks import NetworkSet, parse_network
+from protocols.as2.client import Poster
+from protocols.as2.push import AS2Push, AS2Receipts
+from protocols.as2.push import Identity as AS2Identity
 from protocols.as2.resource import AS2Resource, AS2Settings
 from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
@@ -93,7 +97,17 @@ class PostroomService(MultiService):
         for service in (self.io, self.cpu, self.committer):
             service.setServiceParent(self)
         worker = socket.gethostname()
-        push_targets: dict = {}  # AS2, SFTP and email push clients register here with their doors
+        identity = load_key_and_certificate(
+            read_file(home.resolve(config.tls.private_key)),
+            read_file(home.resolve(config.tls.certificate)),
+            str(home.resolve(config.tls.private_key)),
+            str(home.resolve(config.tls.certificate)),
+        )
+        self.signer = ReceiptSigner.from_config(config)
+        poster = Poster(reactor, identity)
+        as2_identity = AS2Identity(config.gateway.as2_id, config.gateway.hostname, self.signer.key,
+                                   self.signer.certificate, self._as2_url)
+        push_targets = {"as2": AS2Push(poster, as2_identity, self._read_payload, self.cpu.run, self._now)}
         pushable = frozenset(push_targets)
         self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
                                         self._now, pushable)
@@ -102,15 +116,13 @@ class PostroomService(MultiService):
             self.db, reactor, self._now, self.directory.get, push_targets, ready=self.recovery.when_done,
             max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=worker)
         self.delivery.setServiceParent(self)
-        self.signer = ReceiptSigner.from_config(config)
+        self.courier = ReceiptCourier(
+            self.db, reactor, self._now,
+            {"as2": AS2Receipts(poster, self.directory.get, config.gateway.as2_id, config.gateway.hostname)},
+            ready=self.recovery.when_done, max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff)
+        self.courier.setServiceParent(self)
         self.intake = Intake(self.blobs, self.io.run, self.cpu.run, self.committer.commit, self.directory.get,
                              self.signer, self._now, on_accepted=self.delivery.wake, pushable=pushable)
-        identity = load_key_and_certificate(
-            read_file(home.resolve(config.tls.private_key)),
-            read_file(home.resolve(config.tls.certificate)),
-            str(home.resolve(config.tls.private_key)),
-            str(home.resolve(config.tls.certificate)),
-        )
         self.listeners = ListenerService(
             reactor, self._doors(config, reactor, identity), home.ports_file, self.recovery.when_done, on_fatal
         )
@@ -143,6 +155,8 @@ class PostroomService(MultiService):
     def _counted(self, envelope, d: Deferred) -> Deferred:
         def counted(decision):
             self.metrics.messages.labels(channel=envelope.channel, outcome=decision.outcome).inc()
+            if decision.receipt.dispatch is not None:
+                self.courier.wake()
             return decision
 
         def unavailable(failure):
@@ -159,7 +173,17 @@ class PostroomService(MultiService):
         return AS2Settings(as2_id=config.gateway.as2_id, hostname=config.gateway.hostname,
                            recipients=((decryption.key, decryption.certificate),),
                            max_decompressed=config.limits.max_decompressed_bytes, accept=self._accept,
-                           refuse=self._refuse, run_cpu=self.cpu.run)
+                           refuse=self._refuse, run_cpu=self.cpu.run, receipt_arrived=self.delivery.receipt_arrived)
+
+    def _read_payload(self, message) -> Deferred:
+        return self.io.run(thd_read_blob, self.blobs, message.sha256)
+
+    def _as2_url(self) -> str | None:
+        """Where partners send async MDNs for our pushes."""
+        if self.config.gateway.as2_url:
+            return self.config.gateway.as2_url
+        port = self.listeners.ports.get("as2")
+        return f"https://{self.config.gateway.hostname}:{port.getHost().port}/as2" if port is not None else None
 
     def _receipt(self, receipt_id: str):
         return self.db.run(thd_get_receipt, receipt_id)
@@ -197,6 +221,12 @@ class PostroomService(MultiService):
             site = _site(operations_root(self.metrics, self.directory.health))
             doors.append(Door("metrics", config.listen.metrics, site))
         return doors
+
+
+def thd_read_blob(blobs: BlobStore, sha256: str) -> bytes:
+    """A message's payload, read whole (pushes are built in memory)."""
+    with blobs.open(sha256) as f:
+        return f.read()
 
 
 def thd_get_receipt(engine, receipt_id: str):

@@ -32,6 +32,8 @@ class GatewaySection:
     name: str = "Postroom"
     as2_id: str = "POSTROOM"
     hostname: str = "localhost"
+    #: our /as2 as partners reach it (for async MDNs to our pushes); empty: https://HOSTNAME:PORT/as2
+    as2_url: str = ""
 
 
 @attrs.frozen

@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.database_service import DatabaseService
+from gateway.rounds import RoundsService
 from partners.directory import Partner, PartnerDirectory
+from protocols.envelope import DeliveryFailed, Pushed
 from spool import audit, crashpoints, records
 from spool.database import reading
 from spool.records import Delivery, Message
@@ -35,16 +35,9 @@ ACTOR = "gateway"
 MAX_DELAY = timedelta(hours=6)
 
 
-class DeliveryFailed(Exception):
-    """A push did not succeed; ``permanent`` skips the remaining attempts (e.g. the peer refused the content)."""
-
-    def __init__(self, reason: str, permanent: bool = False):
-        super().__init__(reason)
-        self.permanent = permanent
-
-
 class PushTarget(Protocol):
-    """How a door's outbound client delivers: fire on success, fail with :class:`DeliveryFailed`."""
+    """How a door's outbound client delivers: fire on success (with a :class:`Pushed`, or None when there
+    is nothing to tell), fail with :class:`DeliveryFailed`."""
 
     def push(self, message: Message, delivery: Delivery, recipient: Partner) -> Deferred:
         """Deliver ``message`` to ``recipient``."""
@@ -77,13 +70,21 @@ def thd_file_in_mailboxes(engine: Engine, batch: list[Delivery], worker: str, no
 
 
 def thd_record_push(engine: Engine, delivery: Delivery, worker: str, now: datetime, error: str | None,
-                    retry_at: datetime | None) -> None:
-    """Record one push attempt's outcome: done, waiting for ``retry_at``, or dead when that is ``None``."""
+                    retry_at: datetime | None, pushed: Pushed | None = None) -> None:
+    """Record one push attempt's outcome: done (or awaiting its receipt), waiting for ``retry_at``, or dead
+    when that is ``None``."""
     with engine.begin() as conn:
         if error is None:
-            if records.complete(conn, delivery, worker, now):
-                audit.append(conn, ACTOR, "delivery.done", now, message_id=delivery.message_id, details={
-                    "delivery": delivery.id, "target": delivery.target, "recipient": delivery.recipient_id})
+            details = {"delivery": delivery.id, "target": delivery.target, "recipient": delivery.recipient_id}
+            if pushed is not None:
+                details.update(remote_id=pushed.remote_id, detail=pushed.detail)
+            if pushed is not None and pushed.awaiting_until is not None:
+                if records.await_receipt(conn, delivery, worker, now, pushed.remote_id, pushed.mic,
+                                         pushed.awaiting_until):
+                    audit.append(conn, ACTOR, "delivery.awaiting-receipt", now, message_id=delivery.message_id,
+                                 details={**details, "until": pushed.awaiting_until.isoformat()})
+            elif records.complete(conn, delivery, worker, now):
+                audit.append(conn, ACTOR, "delivery.done", now, message_id=delivery.message_id, details=details)
             return
         if records.fail(conn, delivery, worker, now, error, retry_at):
             event = "delivery.retrying" if retry_at is not None else "delivery.dead"
@@ -91,6 +92,29 @@ def thd_record_push(engine: Engine, delivery: Delivery, worker: str, now: dateti
                 "delivery": delivery.id, "target": delivery.target, "recipient": delivery.recipient_id,
                 "attempt": delivery.attempts + 1, "error": error,
                 "retry_at": retry_at.isoformat() if retry_at else None})
+
+
+def thd_receipt_arrived(engine: Engine, recipient_id: str, original_id: str, disposition: str, status: str,
+                        mic: str | None, now: datetime, retry_at: Callable[[int], datetime | None]) -> str:
+    """Settle the delivery an async receipt answers; what was done, in words (for the log and the door)."""
+    bare = original_id.strip().strip("<>").strip()
+    with engine.begin() as conn:
+        delivery = records.awaited(conn, recipient_id, f"<{bare}>") or records.awaited(conn, recipient_id, bare)
+        if delivery is None:
+            return f"no delivery to {recipient_id} awaits a receipt for {original_id}"
+        error = None
+        if status == "failed":
+            error = f"{recipient_id} refused the message: {disposition}"
+        elif delivery.mic is not None and mic != delivery.mic:
+            error = f"the receipt returns MIC {mic}, we sent {delivery.mic}: what they received is not what we sent"
+        when = retry_at(delivery.attempts) if error else None
+        if not records.settle_awaited(conn, delivery, now, error, when):
+            return f"the delivery for {original_id} was settled already"
+        event = "delivery.done" if error is None else ("delivery.retrying" if when else "delivery.dead")
+        audit.append(conn, ACTOR, event, now, message_id=delivery.message_id, details={
+            "delivery": delivery.id, "target": delivery.target, "recipient": recipient_id,
+            "remote_id": delivery.remote_id, "receipt": disposition, "error": error})
+        return f"delivery {delivery.id}: {event.removeprefix('delivery.')}"
 
 
 def thd_postpone(engine: Engine, delivery: Delivery, worker: str, now: datetime, reason: str,
@@ -106,7 +130,7 @@ def thd_message(engine: Engine, message_id: str) -> Message:
         return records.get_message(conn, message_id)
 
 
-class DeliveryService(Service):
+class DeliveryService(RoundsService):
     """Runs delivery rounds: now when woken (a message was accepted), else every ``interval`` seconds."""
 
     name = "delivery"
@@ -118,6 +142,7 @@ class DeliveryService(Service):
                  max_attempts: int, backoff: float, interval: float = 5.0, batch: int = 64,
                  lease: timedelta = timedelta(minutes=10), worker: str | None = None,
                  rng: random.Random | None = None):
+        super().__init__(clock, interval, ready)
         self.worker = worker or socket.gethostname()
         self._db = db
         self._now = now
@@ -128,46 +153,6 @@ class DeliveryService(Service):
         self._batch = batch
         self._lease = lease
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self._loop = LoopingCall(self.wake)
-        self._loop.clock = clock
-        self._interval = interval
-        self._ready = ready
-        self._running: Deferred | None = None
-        self._again = False
-
-    def startService(self) -> None:
-        """Once ``ready`` fires (recovery is done), poll every interval, starting with a round now."""
-        super().startService()
-        self._ready().addCallback(self._begin).addErrback(lambda f: self._log.failure("delivery cannot start", f))
-
-    def _begin(self, _) -> None:
-        if self.running and not self._loop.running:
-            self._loop.start(self._interval, now=True)
-
-    def stopService(self) -> Deferred:
-        """Stop polling and wait for the round in flight."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        self._again = False
-        return self._running if self._running is not None else succeed(None)
-
-    def wake(self) -> None:
-        """Run a round now, or right after the one in flight (rounds never overlap)."""
-        if not self.running:
-            return
-        if self._running is not None:
-            self._again = True
-            return
-        self._running = Deferred.fromCoroutine(self._round())
-        self._running.addErrback(lambda f: self._log.failure("delivery round failed", f))
-        self._running.addBoth(self._finished)
-
-    def _finished(self, _) -> None:
-        self._running = None
-        if self._again:
-            self._again = False
-            self.wake()
 
     async def _round(self) -> None:
         while self.running:
@@ -187,7 +172,7 @@ class DeliveryService(Service):
     async def _push(self, delivery: Delivery) -> None:
         target = self._targets.get(delivery.target)
         recipient = self._directory().get(delivery.recipient_id)
-        error, permanent = None, False
+        error, permanent, pushed = None, False, None
         if target is None:  # nothing was attempted: wait without using up the recipient's attempts
             await self._postpone(delivery, f"this gateway has no {delivery.target} push client yet; the delivery waits")
             return
@@ -200,16 +185,29 @@ class DeliveryService(Service):
                 await self._postpone(delivery, f"cannot load the message: {e}")
                 return
             try:
-                await target.push(message, delivery, recipient)
+                pushed = await target.push(message, delivery, recipient)
             except DeliveryFailed as e:
                 error, permanent = str(e), e.permanent
             except Exception as e:  # a bug in a target must not stop the queue; it is recorded and retried
                 self._log.failure("push of delivery {id} failed", id=delivery.id)
                 error = f"internal error: {e}"
-        retry_at = None
-        if error is not None and not permanent and delivery.attempts + 1 < self._max_attempts:
-            retry_at = self._now() + retry_delay(delivery.attempts + 1, self._backoff, self._rng)
-        await self._db.run(thd_record_push, delivery, self.worker, self._now(), error, retry_at)
+        retry_at = self._retry_at(delivery.attempts + 1) if error is not None and not permanent else None
+        await self._db.run(thd_record_push, delivery, self.worker, self._now(), error, retry_at, pushed)
+
+    def receipt_arrived(self, recipient_id: str, original_id: str, disposition: str, status: str,
+                        mic: str | None) -> Deferred:
+        """An async receipt (MDN) for one of our pushes arrived: settle the delivery that waits for it.
+
+        ``status`` is ``processed``, ``warning`` or ``failed``; fires with what was done, in words.
+        """
+        d = self._db.run(thd_receipt_arrived, recipient_id, original_id, disposition, status, mic, self._now(),
+                         self._retry_at)
+        return d.addCallback(lambda done: (self.wake(), done)[1])
+
+    def _retry_at(self, attempts: int) -> datetime | None:
+        if attempts >= self._max_attempts:
+            return None
+        return self._now() + retry_delay(attempts, self._backoff, self._rng)
 
     def _postpone(self, delivery: Delivery, reason: str) -> Deferred:
         now = self._now()

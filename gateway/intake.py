@@ -139,7 +139,7 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
     receipt = signer.intake(
         kind="acceptance", partner_id=sender.id, original_id=envelope.external_id or message.id,
         sha256=staged.sha256, mic=envelope.mic, mic_algorithm=envelope.mic_algorithm, signed=envelope.receipt_signed,
-        now=now, disposition=Disposition(), message_id=message.id,
+        dispatch=envelope.receipt_dispatch, now=now, disposition=Disposition(), message_id=message.id,
         text=f"Accepted {what} for {decision.recipient.id}; Postroom message {message.id}.")
     return _Examined(message, decision.targets, receipt)
 
@@ -156,7 +156,7 @@ def _quarantine_receipt(signer: ReceiptSigner, envelope: Envelope, findings: tup
     receipt = signer.intake(
         kind="rejection", partner_id=envelope.sender.id, original_id=envelope.external_id or item.id,
         sha256=sha256, mic=envelope.mic, mic_algorithm=envelope.mic_algorithm, signed=envelope.receipt_signed,
-        now=now, disposition=Disposition(error=error), findings=findings,
+        dispatch=envelope.receipt_dispatch, now=now, disposition=Disposition(error=error), findings=findings,
         quarantine_id=item.id, text=f"Refused: {findings[0].message}")
     return item, receipt
 
@@ -218,13 +218,17 @@ def thd_record_acceptance(conn: Connection, envelope: Envelope, examined: _Exami
         audit.append(conn, _actor(envelope), "message.duplicate", now, message_id=earlier.id, details={
             "channel": envelope.channel, "external_id": envelope.external_id})
         if envelope.external_id is None or envelope.external_id == earlier.external_id:
-            return Decision("duplicate", records.receipts_for(conn, earlier.id)[0], message_id=earlier.id)
+            original = records.receipts_for(conn, earlier.id)[0]
+            if envelope.receipt_dispatch is not None:  # a resend asking for an async receipt: send it again
+                original = records.redispatch(conn, original, envelope.receipt_dispatch)
+            return Decision("duplicate", original, message_id=earlier.id)
         # the same document under a new message ID: the sender matches receipts by ID, so this one
         # gets its own (rare: signed here, on the writer thread)
         receipt = signer.intake(
             kind="acceptance", partner_id=earlier.sender_id, original_id=envelope.external_id, sha256=earlier.sha256,
             mic=envelope.mic, mic_algorithm=envelope.mic_algorithm, signed=envelope.receipt_signed, now=now,
-            disposition=Disposition(warning="duplicate-document"), message_id=earlier.id,
+            dispatch=envelope.receipt_dispatch, disposition=Disposition(warning="duplicate-document"),
+            message_id=earlier.id,
             text=f"Already accepted on {earlier.received_at:%Y-%m-%d %H:%M} UTC as Postroom message {earlier.id} "
                  f"(your message ID {earlier.external_id or '-'}); nothing new was created.")
         records.insert_receipt(conn, receipt)

@@ -53,17 +53,21 @@ class ReceiptSigner:
     def intake(self, *, kind: str, partner_id: str, original_id: str, sha256: str | None, now: datetime,
                disposition: mdn.Disposition, text: str, findings: Sequence[Finding] = (),
                mic: str | None = None, mic_algorithm: str = "sha-256", signed: bool = True,
-               message_id: str | None = None, quarantine_id: str | None = None) -> StoredReceipt:
+               message_id: str | None = None, quarantine_id: str | None = None,
+               dispatch: dict[str, str] | None = None) -> StoredReceipt:
         """The receipt for an intake outcome (``acceptance`` or ``rejection``), ready to store and send.
 
-        ``mic`` (with ``mic_algorithm``) is the door's own MIC; by default the payload's SHA-256.
+        ``mic`` (with ``mic_algorithm``) is the door's own MIC; by default the payload's SHA-256. With a
+        ``dispatch`` the receipt is stored ``pending``, for the receipt courier to send.
         """
         if mic is None and sha256 is not None:
             mic, mic_algorithm = mic_of(sha256), "sha-256"
         receipt = mdn.Receipt(original_message_id=original_id, reporting_ua=self.reporting_ua,
                               recipient=self.identity, disposition=disposition, text=text, mic=mic,
                               mic_algorithm=mic_algorithm, findings=tuple(findings))
-        return self._stored(kind, partner_id, disposition, receipt, now, "sent", message_id, quarantine_id, signed)
+        stored = self._stored(kind, partner_id, disposition, receipt, now, "pending" if dispatch else "sent",
+                              message_id, quarantine_id, signed)
+        return attrs.evolve(stored, dispatch=dispatch)
 
     def returned(self, message: Message, event: str, now: datetime) -> StoredReceipt:
         """A return receipt for the original sender: the recipient ``downloaded`` or ``acknowledged`` it."""

@@ -10,7 +10,7 @@ Credential lookups (AS2 ID, certificate, SSH key, email, participant ID, allowli
 """
 
 from datetime import datetime
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import attrs
 from sqlalchemy import select
@@ -42,6 +42,8 @@ class Partner:
     certificates: Mapping[str, tuple[certs_x509.Certificate, ...]] = attrs.field(factory=dict, eq=False)
     cas: Mapping[str, tuple[certs_x509.Certificate, ...]] = attrs.field(factory=dict, eq=False)
     ssh_keys: tuple[str, ...] = ()  #: OpenSSH public key lines
+    #: how to wrap what we send the partner over AS2 (``protocols.as2.outbound.SendOptions`` fields)
+    as2_options: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     def allows(self, host: str) -> bool:
         """True when ``host`` is in this partner's own allowlist."""
@@ -178,6 +180,7 @@ def load_directory(conn: Connection) -> PartnerDirectory:
                 certificates={u: tuple(c) for u, c in leaves.get(row.id, {}).items()},
                 cas={u: tuple(c) for u, c in cas.get(row.id, {}).items()},
                 ssh_keys=tuple(keys.get(row.id, ())),
+                as2_options=dict(row.as2_options or {}),
             )
         )
     return PartnerDirectory.build(version, result, load_routes(conn))

@@ -8,7 +8,7 @@ change or raises a :class:`~partners.errors.PartnerError` (or a
 """
 
 from datetime import datetime
-from typing import Iterable
+from typing import Any, Iterable
 
 import attrs
 from sqlalchemy import delete, func, insert, select, update
@@ -160,6 +160,19 @@ def set_policy(conn: Connection, partner_id: str, policy: Policy, now: datetime)
     require_partner(conn, partner_id)
     conn.execute(update(partners).where(partners.c.id == partner_id).values(policy=policy.to_json()))
     _touch(conn, partner_id, now)
+
+
+def set_as2_options(conn: Connection, partner_id: str, options: dict[str, Any], now: datetime) -> None:
+    """Replace how messages to a partner are wrapped (checked by the caller, which knows the algorithms)."""
+    require_partner(conn, partner_id)
+    conn.execute(update(partners).where(partners.c.id == partner_id).values(as2_options=options or None))
+    _touch(conn, partner_id, now)
+
+
+def get_as2_options(conn: Connection, partner_id: str) -> dict[str, Any]:
+    """The stored AS2 sending options (only what was set; the rest are defaults)."""
+    require_partner(conn, partner_id)
+    return dict(conn.execute(select(partners.c.as2_options).where(partners.c.id == partner_id)).scalar_one() or {})
 
 
 def get_policy(conn: Connection, partner_id: str) -> Policy:

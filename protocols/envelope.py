@@ -1,9 +1,12 @@
 # -*- test-case-name: tests.gateway.test_intake -*-
-"""What a door hands the intake, and what it gets back: the contract between doors and the gateway.
+"""What a door hands the intake, and what it gets back: the contract between doors and the gateway
+(and, for outbound clients, how a failed push is reported).
 
 Doors receive the intake as a callable ``accept(envelope, payload) -> Deferred[Decision]`` (they never
 import :mod:`gateway`), so these types live here, beside the doors.
 """
+
+from datetime import datetime
 
 import attrs
 
@@ -14,6 +17,25 @@ from spool.records import StoredReceipt
 
 #: The payload is larger than ``[limits] max_payload_bytes``; doors answer it as "too large" (HTTP 413).
 GW_SIZE = "GW-SIZE"
+
+
+class DeliveryFailed(Exception):
+    """A push did not succeed; ``permanent`` skips the remaining attempts (e.g. the peer refused the content)."""
+
+    def __init__(self, reason: str, permanent: bool = False):
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+@attrs.frozen
+class Pushed:
+    """How a push went: the ID it went out under, the MIC its receipt must return, what the peer said,
+    and, when the receipt comes later (async MDN), until when to wait for it."""
+
+    remote_id: str
+    mic: str | None
+    detail: str
+    awaiting_until: datetime | None = None
 
 
 class IntakeUnavailable(Exception):
@@ -32,6 +54,8 @@ class Envelope:
         ``mic_algorithm`` as the sender named it; default: the SHA-256 of the payload.
     :ivar receipt_signed: False when the sender asked for an unsigned receipt (AS2 without
         ``signed-receipt-protocol``); every other receipt is signed.
+    :ivar receipt_dispatch: where the receipt goes later, when not in the door's answer (an AS2 async
+        MDN: ``{"channel": "as2", "url": …, "as2_to": …}``); it is stored ``pending`` and sent with retries.
     """
 
     sender: Partner
@@ -43,6 +67,7 @@ class Envelope:
     mic: str | None = None
     mic_algorithm: str = "sha-256"
     receipt_signed: bool = True
+    receipt_dispatch: dict[str, str] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

@@ -101,6 +101,8 @@ class Delivery:
     next_attempt_at: datetime
     last_error: str | None
     claimed_by: str | None = None
+    remote_id: str | None = None  #: the Message-ID the last push went out under
+    mic: str | None = None  #: the MIC that push's receipt must return
 
     @classmethod
     def from_row(cls, row: Row) -> "Delivery":
@@ -227,13 +229,14 @@ def deliveries_of(conn: Connection, message_id: str) -> list[Delivery]:
 
 
 def claim_due(conn: Connection, now: datetime, worker: str, limit: int, lease: timedelta) -> list[Delivery]:
-    """Claim up to ``limit`` deliveries that are due, or whose claim's lease ran out (a dead node's).
+    """Claim up to ``limit`` deliveries that are due, or whose claim's lease ran out (a dead node's), or
+    whose receipt did not come back in time (an async MDN that never arrived: the push is repeated).
 
     On PostgreSQL the candidate rows are locked ``FOR UPDATE SKIP LOCKED`` so concurrent workers on
     several nodes never claim the same row; SQLite has one writer at a time anyway.
     """
     due = or_(
-        and_(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now),
+        and_(deliveries.c.state.in_(("pending", "awaiting")), deliveries.c.next_attempt_at <= now),
         and_(deliveries.c.state == "claimed", deliveries.c.claimed_at <= now - lease),
     )
     # A corrupt message's bytes are not what was received: nothing of it goes out until it is repaired.
@@ -282,6 +285,45 @@ def fail(conn: Connection, delivery: Delivery, worker: str, now: datetime, error
     if not _claimed(conn, delivery.id, worker, values):
         return False
     if retry_at is None:
+        _settle_message(conn, delivery.message_id, now)
+    return True
+
+
+def await_receipt(conn: Connection, delivery: Delivery, worker: str, now: datetime, remote_id: str,
+                  mic: str | None, deadline: datetime) -> bool:
+    """A push went out and its receipt comes later (async MDN): wait for it until ``deadline``.
+
+    :returns: False when the claim was lost.
+    """
+    return _claimed(conn, delivery.id, worker, {
+        "state": "awaiting", "remote_id": remote_id, "mic": mic, "attempts": delivery.attempts + 1,
+        "next_attempt_at": deadline, "last_error": None, "updated_at": now})
+
+
+def awaited(conn: Connection, recipient_id: str, remote_id: str) -> Delivery | None:
+    """The delivery to ``recipient_id`` whose push went out as ``remote_id``, if it still waits for its receipt."""
+    row = conn.execute(select(deliveries).where(
+        deliveries.c.recipient_id == recipient_id, deliveries.c.remote_id == remote_id,
+        deliveries.c.state == "awaiting")).first()
+    return Delivery.from_row(row) if row is not None else None
+
+
+def settle_awaited(conn: Connection, delivery: Delivery, now: datetime, error: str | None,
+                   retry_at: datetime | None) -> bool:
+    """Record the receipt an ``awaiting`` delivery waited for: done, or failed like :func:`fail`.
+
+    :returns: False when it no longer waits (settled already, or its deadline passed and it was re-claimed).
+    """
+    values: dict[str, Any] = {"updated_at": now, "last_error": error[:2000] if error else None}
+    if error is None:
+        values["state"] = "done"
+    else:
+        values.update({"state": "pending", "next_attempt_at": retry_at} if retry_at is not None else {"state": "dead"})
+    result = conn.execute(update(deliveries).where(deliveries.c.id == delivery.id, deliveries.c.state == "awaiting")
+                          .values(**values))
+    if result.rowcount != 1:
+        return False
+    if values["state"] != "pending":
         _settle_message(conn, delivery.message_id, now)
     return True
 
@@ -456,6 +498,11 @@ class StoredReceipt:
     state: str
     message_id: str | None = None
     quarantine_id: str | None = None
+    #: where a ``pending`` receipt still has to go, e.g. ``{"channel": "as2", "url": …, "as2_to": …}``
+    dispatch: dict[str, str] | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> "StoredReceipt":
@@ -466,6 +513,48 @@ class StoredReceipt:
 def insert_receipt(conn: Connection, receipt: StoredReceipt) -> None:
     """Keep a receipt's exact bytes."""
     conn.execute(_INSERT_RECEIPT, attrs.asdict(receipt))
+
+
+def due_receipts(conn: Connection, now: datetime, limit: int, lease: timedelta) -> list[StoredReceipt]:
+    """Claim up to ``limit`` pending receipts that have somewhere to go and are due.
+
+    The claim is a lease: ``next_attempt_at`` moves ``lease`` ahead, one conditional ``UPDATE`` per
+    receipt, so two nodes never send the same receipt at once and a dead node's claim runs out.
+    """
+    query = (select(receipts.c.id, receipts.c.next_attempt_at)
+             .where(receipts.c.state == "pending", receipts.c.dispatch.is_not(None),
+                    or_(receipts.c.next_attempt_at.is_(None), receipts.c.next_attempt_at <= now))
+             .order_by(receipts.c.next_attempt_at, receipts.c.id).limit(limit))
+    claimed = []
+    for receipt_id, due_at in conn.execute(query).all():
+        at = receipts.c.next_attempt_at
+        won = conn.execute(update(receipts).where(
+            receipts.c.id == receipt_id, receipts.c.state == "pending",
+            at.is_(None) if due_at is None else at == due_at).values(next_attempt_at=now + lease))
+        if won.rowcount == 1:
+            claimed.append(receipt_id)
+    rows = conn.execute(select(receipts).where(receipts.c.id.in_(claimed)).order_by(receipts.c.id)) if claimed else []
+    return [StoredReceipt.from_row(r) for r in rows]
+
+
+def receipt_sent(conn: Connection, receipt: StoredReceipt, now: datetime, error: str | None,
+                 retry_at: datetime | None) -> None:
+    """Record one attempt to send a receipt: ``sent``, due again at ``retry_at``, or ``failed`` when that is None."""
+    values: dict[str, Any] = {"attempts": receipt.attempts + 1, "last_error": error[:2000] if error else None}
+    if error is None:
+        values["state"] = "sent"
+    elif retry_at is not None:
+        values["next_attempt_at"] = retry_at
+    else:
+        values["state"] = "failed"
+    conn.execute(update(receipts).where(receipts.c.id == receipt.id, receipts.c.state == "pending").values(**values))
+
+
+def redispatch(conn: Connection, receipt: StoredReceipt, dispatch: dict[str, str]) -> StoredReceipt:
+    """Send a stored receipt (its exact bytes) again, to ``dispatch``, due now."""
+    conn.execute(update(receipts).where(receipts.c.id == receipt.id)
+                 .values(state="pending", dispatch=dispatch, attempts=0, next_attempt_at=None, last_error=None))
+    return attrs.evolve(receipt, state="pending", dispatch=dispatch, attempts=0, next_attempt_at=None, last_error=None)
 
 
 def get_receipt(conn: Connection, receipt_id: str) -> StoredReceipt | None:

@@ -66,7 +66,7 @@ messages = Table(
 
 #: Delivery states: ``pending`` (due at ``next_attempt_at``), ``claimed`` (a worker has it),
 #: ``done``, ``dead`` (gave up after the last attempt; ``postroom message retry`` revives it).
-DELIVERY_STATES = ("pending", "claimed", "done", "dead")
+DELIVERY_STATES = ("pending", "claimed", "awaiting", "done", "dead")
 
 deliveries = Table(
     "deliveries",
@@ -82,9 +82,12 @@ deliveries = Table(
     Column("claimed_at", UTCDateTime()),
     Column("last_error", Text),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("remote_id", String(998)),  #: the Message-ID a push was sent under (async MDNs name it)
+    Column("mic", String(200)),  #: the MIC that push's MDN must return
     UniqueConstraint("message_id", "recipient_id", "target", name="uq_deliveries_message_recipient_target"),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
-    CheckConstraint("state IN ('pending', 'claimed', 'done', 'dead')", name="state"),
+    Index("ix_deliveries_remote_id", "remote_id"),
+    CheckConstraint("state IN ('pending', 'claimed', 'awaiting', 'done', 'dead')", name="state"),
 )
 
 #: Mailbox item states: ``new`` until downloaded, ``acknowledged`` once the recipient says so.
@@ -141,8 +144,14 @@ receipts = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("state", String(16), nullable=False),
+    #: where and how a receipt still has to travel, e.g. ``{"channel": "as2", "url": …, "as2_to": …}``
+    Column("dispatch", JSON),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime()),
+    Column("last_error", Text),
+    Index("ix_receipts_due", "state", "next_attempt_at"),
     CheckConstraint("kind IN ('acceptance', 'rejection', 'return')", name="kind"),
-    CheckConstraint("state IN ('sent', 'pending')", name="state"),
+    CheckConstraint("state IN ('sent', 'pending', 'failed')", name="state"),
 )
 
 #: Append-only and hash-chained: each row's ``hash`` covers its own fields and the previous row's hash.

@@ -9,12 +9,14 @@ signature by one of the partner's certificates when signed, and which message it
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import attrs
 
 from certs.x509 import Certificate, PrivateKey
+from partners.errors import InvalidValueError
 from protocols.as2 import cms
 from protocols.as2.inbound import digest_name
 from protocols.as2.mime import (
@@ -46,6 +48,38 @@ class SendOptions:
     key_transport: str = attrs.field(default="rsa-v1.5", validator=attrs.validators.in_(cms.KEY_TRANSPORTS))
     mdn: str = attrs.field(default="sync", validator=attrs.validators.in_(("sync", "async", "none")))
     signed_mdn: bool = True
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any] | None) -> "SendOptions":
+        """The options a partner's stored settings give (defaults for the rest)."""
+        try:
+            return cls(**(stored or {}))
+        except (TypeError, ValueError) as e:
+            raise InvalidValueError(f"stored AS2 options {dict(stored or {})} are invalid: {e}") from e
+
+    def with_setting(self, assignment: str) -> "SendOptions":
+        """Apply ``name=value`` as typed on the command line."""
+        name, sep, raw = assignment.partition("=")
+        name, raw = name.strip().replace("-", "_"), raw.strip().lower()
+        fields = {f.name: f for f in attrs.fields(type(self))}
+        if not sep or name not in fields:
+            raise InvalidValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+        value: Any = raw
+        if fields[name].type is bool or isinstance(fields[name].default, bool):
+            if raw not in ("true", "false"):
+                raise InvalidValueError(f"{assignment!r}: {name} is true or false")
+            value = raw == "true"
+        try:
+            return attrs.evolve(self, **{name: value})
+        except ValueError as e:
+            allowed = {"digest": cms.DIGESTS, "cipher": cms.CIPHERS, "key_transport": cms.KEY_TRANSPORTS,
+                       "mdn": ("sync", "async", "none")}[name]
+            raise InvalidValueError(f"{assignment!r}: {name} is one of {', '.join(allowed)}") from e
+
+    def changes(self) -> dict[str, Any]:
+        """Only the settings that differ from the defaults (what is stored)."""
+        default = type(self)()
+        return {k: v for k, v in attrs.asdict(self).items() if getattr(default, k) != v}
 
 
 @attrs.frozen
@@ -123,6 +157,14 @@ def build(payload: bytes, *, content_type: str, filename: str | None, options: S
             headers.append(("Receipt-Delivery-Option", receipt_to))
     return Outgoing(message_id, tuple(headers), body, mic if options.mdn != "none" else None,
                     _micalg(options.digest))
+
+
+def receipt_headers(*, receipt_id: str, content_type: str, as2_from: str, as2_to: str, hostname: str,
+                    date: str) -> list[tuple[str, str]]:
+    """The HTTP headers an MDN travels with, in a sync answer or an async POST (RFC 4130 §7.2)."""
+    return [("AS2-Version", "1.2"), ("AS2-From", _quoted(as2_from)), ("AS2-To", _quoted(as2_to)),
+            ("Message-ID", f"<{receipt_id}@{hostname}>"), ("Date", date), ("MIME-Version", "1.0"),
+            ("Content-Type", content_type)]
 
 
 def _quoted(as2_id: str) -> str:

@@ -8,10 +8,12 @@ the S/MIME work runs on the CPU pool; the answer waits for the intake's durable 
 positive MDN is never sent for data that is not on disk.
 """
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.utils import formatdate
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -20,12 +22,10 @@ from twisted.web.iweb import IRequest
 
 from certs.x509 import Certificate, PrivateKey
 from partners.directory import Partner
-from protocols.as2 import inbound
+from protocols.as2 import inbound, outbound
 from protocols.as2.mime import Headers
 from protocols.envelope import Decision, Envelope, IntakeUnavailable
 from protocols.partner_auth import DirectorySource, Now, PartnerResource
-
-AS2_VERSION = b"1.2"
 
 
 @attrs.frozen
@@ -39,11 +39,35 @@ class AS2Settings:
     accept: Callable[[Envelope, Any], Deferred]
     refuse: Callable[[Envelope, Sequence[Any], Any], Deferred]
     run_cpu: Callable[..., Deferred]
+    #: ``receipt_arrived(partner_id, original_id, disposition, status, mic) -> Deferred[str]``: an async MDN
+    #: for one of our pushes (the delivery queue settles it)
+    receipt_arrived: Callable[..., Deferred] | None = None
 
 
 def _headers(request: IRequest) -> Headers:
     return Headers.of((name.decode("latin-1"), value.decode("latin-1"))
                       for name, values in request.requestHeaders.getAllRawHeaders() for value in values)
+
+
+def is_mdn(headers: Headers, content: IO[bytes]) -> bool:
+    """True when the body is an MDN (``multipart/report``, maybe inside ``multipart/signed``), not a message."""
+    mime_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if mime_type == "multipart/report":
+        return True
+    if mime_type != "multipart/signed":
+        return False
+    content.seek(0)
+    head = content.read(8192)
+    first = head.find(b"\n--")  # the first delimiter line, then the first part's headers
+    return re.search(rb"(?im)^content-type:\s*multipart/report", head[max(first, 0):]) is not None
+
+
+def thd_read_mdn(content: IO[bytes], headers: Headers, partner: Partner, now: datetime) -> outbound.MDN:
+    """Read and check an async MDN (CPU pool); :class:`outbound.MDNError` when it cannot be trusted."""
+    content.seek(0)
+    options = outbound.SendOptions.from_stored(partner.as2_options)
+    return outbound.read_mdn(headers, content.read(), trusted=partner.certificates.get("sign", ()),
+                             cas=partner.cas.get("sign", ()), now=now, require_signature=options.signed_mdn)
 
 
 def thd_unwrap(content: IO[bytes], headers: Headers, partner: Partner, settings: AS2Settings, digest: str,
@@ -79,18 +103,48 @@ class AS2Resource(PartnerResource):
         if as2_to != self._settings.as2_id:
             return self._forbidden(request, f"AS2-To {as2_to or '(missing)'} is not this gateway; address "
                                             f"{self._settings.as2_id}")
+        if self._settings.receipt_arrived is not None and is_mdn(headers, request.content):
+            return self._mdn(request, headers, partner)
         message_id = (headers.get("message-id") or "").strip()
         if not message_id or len(message_id) > 998 or not message_id.isprintable():
             return self.answer(request, 400, "bad_request", "Every AS2 message needs a Message-ID header.")
         wanted = inbound.receipt_request(headers, partner.policy.allow_sha1)
+        dispatch = None
+        if wanted.async_url is not None:
+            if urlsplit(wanted.async_url).scheme != "https" or not urlsplit(wanted.async_url).hostname:
+                return self.answer(request, 400, "bad_request", f"Receipt-Delivery-Option {wanted.async_url} is not an "
+                                   "https:// URL; async MDNs are sent over TLS only.")
+            dispatch = {"channel": "as2", "url": wanted.async_url, "as2_to": as2_from}
         envelope = Envelope(sender=partner, channel="as2", external_id=message_id,
                             content_type=headers.get("content-type"), mic_algorithm=wanted.mic_algorithm,
-                            receipt_signed=wanted.signed)
+                            receipt_signed=wanted.signed, receipt_dispatch=dispatch)
         d = self._settings.run_cpu(thd_unwrap, request.content, headers, partner, self._settings, wanted.digest,
                                    self._now())
         d.addCallback(self._take, request, envelope)
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request, envelope, wanted, as2_from),
                        errbackArgs=(request,))
+        return server.NOT_DONE_YET
+
+    def _mdn(self, request: IRequest, headers: Headers, partner: Partner):
+        d = self._settings.run_cpu(thd_read_mdn, request.content, headers, partner, self._now())
+
+        def arrived(mdn: outbound.MDN) -> Deferred:
+            return self._settings.receipt_arrived(partner.id, mdn.original_message_id, mdn.disposition, mdn.status,
+                                                  mdn.mic)
+
+        def done(what: str) -> None:
+            self._log.info("as2: async MDN from {partner}: {what}", partner=partner.id, what=what)
+            self.finish(request, self.answer(request, 200, "ok", f"MDN received: {what}"))
+
+        def refused(failure) -> None:
+            if failure.check(outbound.MDNError, ValueError):
+                self._log.info("as2: refused MDN from {partner}: {reason}", partner=partner.id,
+                               reason=failure.getErrorMessage())
+                self.finish(request, self.answer(request, 400, "bad_mdn", f"MDN refused: {failure.getErrorMessage()}"))
+            else:
+                self._failed(failure, request)
+
+        d.addCallback(arrived).addCallbacks(done, refused)
         return server.NOT_DONE_YET
 
     def _forbidden(self, request: IRequest, reason: str) -> bytes:
@@ -112,16 +166,14 @@ class AS2Resource(PartnerResource):
         self._log.info("as2: message {id} from {partner}: {outcome}", id=envelope.external_id,
                        partner=envelope.sender.id, outcome=decision.outcome)
         request.setResponseCode(200)
-        if not wanted.wanted:
+        if not wanted.wanted or wanted.async_url is not None:  # async: the courier sends the stored MDN
             self.finish(request, b"")
             return
         receipt = decision.receipt
-        for name, value in (
-            ("AS2-Version", AS2_VERSION.decode()), ("AS2-From", self._settings.as2_id), ("AS2-To", as2_from),
-            ("Message-ID", f"<{receipt.id}@{self._settings.hostname}>"), ("Date", formatdate(usegmt=True)),
-            ("MIME-Version", "1.0"), ("Content-Type", receipt.content_type),
-        ):
-            request.setHeader(name.encode("ascii"), value.encode("ascii"))
+        for name, value in outbound.receipt_headers(
+                receipt_id=receipt.id, content_type=receipt.content_type, as2_from=self._settings.as2_id,
+                as2_to=as2_from, hostname=self._settings.hostname, date=formatdate(usegmt=True)):
+            request.setHeader(name.encode("ascii"), value.encode("latin-1"))
         self.finish(request, receipt.body)
 
     def _failed(self, failure, request: IRequest) -> None:

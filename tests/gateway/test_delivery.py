@@ -20,9 +20,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from gateway.delivery import MAX_DELAY, DeliveryFailed, DeliveryService, retry_delay
+from gateway.delivery import MAX_DELAY, DeliveryService, retry_delay
 from gateway.router import targets_for
 from partners.directory import Partner, PartnerDirectory
+from protocols.envelope import DeliveryFailed
 from spool import audit, records
 from spool.records import Message
 
