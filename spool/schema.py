@@ -145,7 +145,7 @@ receipts = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("state", String(16), nullable=False),
     #: where and how a receipt still has to travel, e.g. ``{"channel": "as2", "url": …, "as2_to": …}``
-    Column("dispatch", JSON),
+    Column("dispatch", JSON(none_as_null=True)),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", UTCDateTime()),
     Column("last_error", Text),

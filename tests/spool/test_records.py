@@ -8,6 +8,7 @@ import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 import sqlalchemy
 from sqlalchemy import func, select, text
@@ -454,6 +455,79 @@ def test_receipts_keep_their_exact_bytes_and_are_listed_by_kind_oldest_first(db)
         assert records.receipts_for(conn, msg.id, ("return",)) == [first_return, second_return]
         assert records.receipts_for(conn, msg.id, ("acceptance", "return")) == [
             acceptance, first_return, second_return]
+
+
+def test_a_pending_receipt_with_somewhere_to_go_is_claimed_with_a_lease_until_sent(db):
+    """due_receipts takes due, dispatched, pending receipts once per lease; receipt_sent settles or reschedules."""
+    msg = insert(db, message())
+    dispatch = {"channel": "as2", "url": "https://peer.example/mdn", "as2_to": "ACME"}
+    owed = attrs.evolve(receipt("acceptance", T0, msg.id), state="pending", dispatch=dispatch)
+    kept = attrs.evolve(receipt("return", T0, msg.id), state="pending")  # pending, but nowhere to go yet
+    with db.begin() as conn:
+        records.insert_receipt(conn, owed)
+        records.insert_receipt(conn, kept)
+    with db.begin() as conn:
+        [claimed] = records.due_receipts(conn, T0, 10, LEASE)
+        assert claimed.id == owed.id and claimed.dispatch == dispatch
+        assert records.due_receipts(conn, T0 + timedelta(minutes=1), 10, LEASE) == []  # leased
+        records.receipt_sent(conn, claimed, T0, "HTTP 503", T0 + timedelta(minutes=2))
+    with db.begin() as conn:
+        assert records.due_receipts(conn, T0 + timedelta(minutes=1), 10, LEASE) == []
+        [again] = records.due_receipts(conn, T0 + timedelta(minutes=2), 10, LEASE)
+        assert (again.attempts, again.last_error) == (1, "HTTP 503")
+        records.receipt_sent(conn, again, T0, None, None)
+    with db.begin() as conn:
+        stored = records.get_receipt(conn, owed.id)
+        assert (stored.state, stored.attempts, stored.body) == ("sent", 2, owed.body)
+        assert records.due_receipts(conn, T0 + LEASE * 10, 10, LEASE) == []
+        records.redispatch(conn, stored, dispatch)
+        assert [r.id for r in records.due_receipts(conn, T0, 10, LEASE)] == [owed.id]
+
+
+def test_a_receipt_out_of_attempts_fails(db):
+    msg = insert(db, message())
+    owed = attrs.evolve(receipt("acceptance", T0, msg.id), state="pending", dispatch={"channel": "as2", "url": "u"})
+    with db.begin() as conn:
+        records.insert_receipt(conn, owed)
+        records.receipt_sent(conn, owed, T0, "refused", None)
+    with db.connect() as conn:
+        assert records.get_receipt(conn, owed.id).state == "failed"
+
+
+def test_a_push_awaiting_its_receipt_is_settled_once_or_claimed_again_after_its_deadline(db):
+    """await_receipt parks the delivery; awaited finds it by remote ID; settle_awaited settles it once."""
+    msg = insert(db, message(), targets=("as2",))
+    [delivery] = claim(db, T0)
+    with db.begin() as conn:
+        assert records.await_receipt(conn, delivery, "node-1", T0, "<r1@gw>", "mic=", T0 + timedelta(hours=1))
+    assert claim(db, T0 + timedelta(minutes=59)) == []
+    with db.begin() as conn:
+        found = records.awaited(conn, "globex", "<r1@gw>")
+        assert (found.state, found.remote_id, found.mic, found.attempts) == ("awaiting", "<r1@gw>", "mic=", 1)
+        assert records.awaited(conn, "acme", "<r1@gw>") is None  # another partner cannot settle it
+        assert records.settle_awaited(conn, found, T0, None, None)
+        assert not records.settle_awaited(conn, found, T0, None, None)
+    assert state(db, msg) == "delivered"
+    other = insert(db, message(), targets=("as2",))
+    [delivery] = claim(db, T0)
+    with db.begin() as conn:
+        records.await_receipt(conn, delivery, "node-1", T0, "<r2@gw>", None, T0 + timedelta(hours=1))
+    [again] = claim(db, T0 + timedelta(hours=1))  # the MDN never came: pushed again, same remote ID
+    assert (again.message_id, again.remote_id, again.attempts) == (other.id, "<r2@gw>", 1)
+    with db.begin() as conn:
+        assert records.awaited(conn, "globex", "<r2@gw>") is None  # a late MDN no longer settles it
+
+
+def test_a_failed_receipt_sends_the_awaiting_push_back_to_the_queue_or_kills_it(db):
+    msg = insert(db, message(), targets=("as2",))
+    [delivery] = claim(db, T0)
+    with db.begin() as conn:
+        records.await_receipt(conn, delivery, "node-1", T0, "<r3@gw>", None, T0 + timedelta(hours=1))
+        found = records.awaited(conn, "globex", "<r3@gw>")
+        assert records.settle_awaited(conn, found, T0, "decryption-failed", None)
+    assert state(db, msg) == "failed"
+    [stored] = deliveries(db, msg)
+    assert (stored.state, stored.last_error) == ("dead", "decryption-failed")
 
 
 # ---------------------------------------------------------------------------------------------------------------
