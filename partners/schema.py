@@ -61,7 +61,7 @@ partners = Table(
     Column("deliver", String(16), nullable=False),
     Column("as2_url", String(2000)),
     Column("policy", JSON, nullable=False),
-    Column("as2_options", JSON(none_as_null=True)),  #: how to wrap what we send the partner over AS2 (None: the defaults)
+    Column("as2_options", JSON(none_as_null=True)),  #: how AS2 messages to the partner are wrapped (None: defaults)
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("status IN ('active', 'disabled')", name="status"),

@@ -38,7 +38,7 @@ class Catcher:
         catcher = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if catcher.fail_first > 0:
                     catcher.fail_first -= 1
