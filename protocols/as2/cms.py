@@ -1,25 +1,39 @@
 # -*- test-case-name: tests.protocols.as2.test_cms -*-
-"""CMS (RFC 5652) for AS2: encrypt, decrypt, sign, verify, compress — bytes in, values out.
+"""CMS (RFC 5652) for AS2: encrypt, decrypt, sign, verify, compress — bytes in, values out, or streamed.
 
 ``cryptography`` has no CMS verify and its envelope API reads neither BER, 3DES, AES-192, OAEP nor GCM,
 all of which partners send (research/as2.md §3). So the ASN.1 is parsed and built here with
 ``asn1crypto`` — the only module that imports it — and every cryptographic operation is a
-``cryptography`` primitive. Nothing here does I/O; every failure is a :class:`CMSError` whose text can
-go back to the sending partner.
+``cryptography`` primitive. Every failure is a :class:`CMSError` whose text can go back to the sending
+partner.
+
+Reading is streamed: :func:`decrypt_stream`, :func:`verify_stream` and :func:`decompress_stream` read a
+message from a binary file and write its content to another in pieces, so memory stays a few pieces
+plus the small parts (recipient infos, algorithm identifiers, certificates, signer infos) whatever the
+content size. A small BER reader (:class:`_Reader`) walks the framing, streams the content OCTET STRING
+(primitive, or constructed at any nesting) and hands only the small parts, as bytes, to ``asn1crypto``.
+:func:`decrypt`, :func:`verify` and :func:`decompress` are the same code over in-memory files. Nothing
+here does I/O beyond the file objects it is given.
 
 Security notes: decryption failures all read the same (RSA v1.5 implicit rejection, padding, GCM tag);
 a signer is accepted only if it is one of the partner's certificates or directly issued by one of the
-partner's CAs and valid at ``now``; algorithm sets are allowlists; decompression is capped before it
-allocates.
+partner's CAs and valid at ``now``; algorithm sets are allowlists; decompression is capped while it
+inflates; no claimed length is trusted before it is checked against the enclosing structure and the
+message, and only the small parts are ever held whole (at most :data:`_PART_MAX` bytes each). A
+streaming caller must discard what was written to the sink when a function raises: content is written
+before the padding, tag or signature at its end has been checked.
 """
 
 import base64
+import functools
 import hmac
+import io
 import os
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 import attrs
 from asn1crypto import algos, cms, core
@@ -37,14 +51,21 @@ from certs.errors import CertificateError
 from certs.x509 import PrivateKey, check_issued_by, check_validity
 
 __all__ = [
-    "CIPHERS", "DIGESTS", "KEY_TRANSPORTS", "AlgorithmRefused", "CMSError", "DecompressionRefused",
+    "CIPHERS", "DIGESTS", "KEY_TRANSPORTS", "PEEK_BYTES", "AlgorithmRefused", "CMSError", "DecompressionRefused",
     "Decrypted", "DecryptionFailed", "Malformed", "SignatureInvalid", "SignerNotTrusted", "Verified",
-    "compress", "content_kind", "decompress", "decrypt", "encrypt", "mic", "sign", "verify",
+    "compress", "content_kind", "decompress", "decompress_stream", "decrypt", "decrypt_stream", "encrypt", "mic",
+    "peek_kind", "sign", "verify", "verify_digests", "verify_stream",
 ]
 
 CIPHERS = ("3des", "aes128-cbc", "aes192-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
 KEY_TRANSPORTS = ("rsa-v1.5", "rsa-oaep-sha1", "rsa-oaep-sha256")
 DIGESTS = ("sha1", "sha224", "sha256", "sha384", "sha512")
+#: The digests a signature may use unless the caller says otherwise: SHA-1 only when asked for.
+_VERIFY_DIGESTS = ("sha256", "sha384", "sha512", "sha224")
+#: The default size of the pieces read from a source and written to a sink.
+_CHUNK = 1 << 16
+#: How many leading bytes :func:`peek_kind` needs: a ContentInfo's header, content type and [0] header.
+PEEK_BYTES = 64
 
 
 class CMSError(Exception):
@@ -84,7 +105,10 @@ class DecompressionRefused(CMSError):
 
 @attrs.frozen
 class Decrypted:
-    """The content of an EnvelopedData/AuthEnvelopedData and the algorithms that protected it."""
+    """The content of an EnvelopedData/AuthEnvelopedData and the algorithms that protected it.
+
+    ``content`` is empty when :func:`decrypt_stream` wrote it to its sink.
+    """
 
     content: bytes
     cipher: str
@@ -93,7 +117,10 @@ class Decrypted:
 
 @attrs.frozen
 class Verified:
-    """A signature that verified: who signed, how, and the exact signed bytes."""
+    """A signature that verified: who signed, how, and the exact signed bytes.
+
+    ``content`` is empty from :func:`verify_stream` (which wrote it to its sink) and :func:`verify_digests`.
+    """
 
     signer: x509.Certificate
     digest: str
@@ -156,10 +183,36 @@ def _parsing() -> Iterator[None]:
 
 def _oid_name(oid: core.ObjectIdentifier) -> str:
     """A printable name for an algorithm OID: asn1crypto's name in our spelling, or the dotted form."""
-    name = oid.native
-    if name == oid.dotted:
-        return name
-    return _LEGACY_NAMES.get(name, name.replace("_", "-"))
+    return _spelled(oid.native, oid.dotted)
+
+
+def _spelled(name: str, dotted: str) -> str:
+    return name if name == dotted else _LEGACY_NAMES.get(name, name.replace("_", "-"))
+
+
+def _cached_when_small(function: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    """Remember ``function``'s results for the last few short encodings it parsed.
+
+    Messages carry the same few content types and digest algorithm sets, so each is parsed once;
+    long encodings (a sender's oddity, or an attempt to fill the cache) are parsed every time.
+    """
+    cached = functools.lru_cache(maxsize=64)(function)
+    return functools.wraps(function)(lambda der: cached(der) if len(der) <= 128 else function(der))
+
+
+@_cached_when_small
+def _content_type(der: bytes) -> tuple[str, str]:
+    """asn1crypto's name and the dotted form of an encoded content type OID."""
+    with _parsing():
+        oid = cms.ContentType.load(der, strict=True)
+        return oid.native, oid.dotted
+
+
+@_cached_when_small
+def _digest_names(der: bytes) -> tuple[str, ...]:
+    """Our names for an encoded SET of digest AlgorithmIdentifiers."""
+    with _parsing():
+        return tuple(_oid_name(algorithm["algorithm"]) for algorithm in cms.DigestAlgorithms.load(der, strict=True))
 
 
 def _hash(name: str, accepted: Collection[str], role: str = "digest algorithm") -> hashes.HashAlgorithm:
@@ -181,30 +234,242 @@ def _require_rsa(key, role: str):
     return key
 
 
-def _open(der: bytes, *expected: str):
-    """Parse a ContentInfo; return its kind and its (lazily parsed) content."""
-    with _parsing():
-        info = cms.ContentInfo.load(der, strict=True)
-        content_type = info["content_type"]
-        kind = _KINDS.get(content_type.native)
-        if kind is None:
-            raise Malformed(f"CMS content type {_oid_name(content_type)} is not supported")
-        if expected and kind not in expected:
-            raise Malformed(f"expected CMS {' or '.join(expected)} data, got {kind} data")
-        content = info["content"]
-        if isinstance(content, core.Void):
-            raise Malformed(f"the CMS {kind} structure has no content")
-        return kind, content
+# --- streamed BER -------------------------------------------------------------------------------------
+
+#: The largest part held whole (recipient infos, certificates, signer infos...); the content is streamed.
+_PART_MAX = 1 << 20
+#: The deepest nesting of indefinite-length or constructed elements followed.
+_DEPTH_MAX = 32
+_SEQUENCE, _SET, _INTEGER, _OID, _OCTETS, _OCTETS_CONSTRUCTED = 0x30, 0x31, 0x02, 0x06, 0x04, 0x24
+_CONTEXT_0, _CONTEXT_1, _CONTEXT_2, _IMPLICIT_OCTETS_0 = 0xA0, 0xA1, 0xA2, 0x80
+_TRUNCATED = "the CMS structure cannot be parsed (it is truncated)"
+_NOT_OCTETS = "the CMS content is not an OCTET STRING"
+_NO_CONTENT = "the CMS structure carries no content (detached content is not supported here)"
 
 
-def _octets(value) -> bytes:
-    """The bytes of an (encapsulated or encrypted) content OCTET STRING, chunked BER included."""
-    if isinstance(value, core.Void):
-        raise Malformed("the CMS structure carries no content (detached content is not supported here)")
-    data = value.native
-    if not isinstance(data, bytes):
-        raise Malformed("the CMS content is not an OCTET STRING")
-    return data
+class _Header:
+    """The identifier and length of one BER element, and where it ends."""
+
+    __slots__ = ("bound", "done", "end", "length", "raw", "start", "tag")
+
+    def __init__(self, tag: int, raw: bytes, start: int, length: int | None, bound: int | None) -> None:
+        self.tag = tag  # the first identifier octet: class, constructed bit, and number (0x1F: a high number)
+        self.raw = raw  # the identifier and length octets as they arrived
+        self.start = start  # the offset of the identifier
+        self.length = length  # None: indefinite
+        self.end = None if length is None else start + len(raw) + length
+        self.bound = self.end if length is not None else bound  # what the contents cannot pass
+        self.done = False  # its end-of-contents octets were read
+
+    @property
+    def constructed(self) -> bool:
+        return bool(self.tag & 0x20)
+
+
+class _Reader:
+    """Pull BER elements from a binary file, one header at a time.
+
+    Each length is checked against every enclosing definite length and, when the file can tell its
+    size, against the bytes left, before anything is read; so a lying length costs nothing. Whole
+    elements are only read for the small parts (capped at :data:`_PART_MAX`); content is streamed in
+    pieces of at most ``chunk`` bytes.
+    """
+
+    def __init__(self, source: BinaryIO, chunk: int, *, whole: bool = True) -> None:
+        """:param whole: ``source`` holds the whole message, so its size bounds every length."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be a positive number of bytes, not {chunk}")
+        self._source = source
+        self._chunk = chunk
+        self.offset = 0
+        # What holds the outermost element: the file, as large as it says, if it says.
+        self.root = _Header(0, b"", 0, None, _remaining(source) if whole else None)
+
+    def _read(self, size: int) -> bytes:
+        data = self._source.read(size)
+        if data is None or len(data) < size:  # a raw file may return less than asked: ask until it is at its end
+            data = data or b""
+            parts = [data]
+            got = len(data)
+            while got < size and (more := self._source.read(size - got)):
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+            if len(data) < size:
+                raise Malformed(_TRUNCATED)
+        self.offset += size
+        return data
+
+    def next(self, parent: _Header) -> _Header | None:
+        """The header of the next element inside ``parent``, or None at its end (and after it)."""
+        if parent.done or (parent.end is not None and self.offset == parent.end):
+            return None
+        start = self.offset
+        if parent.bound is not None and start + 2 > parent.bound:
+            raise Malformed(_TRUNCATED)
+        raw = self._read(2)
+        tag, first = raw
+        if tag & 0x1F == 0x1F:  # high tag number: its octets, then the first length octet
+            number = raw[1:]
+            while number[-1] & 0x80:
+                if len(number) == 4:
+                    raise Malformed("the CMS structure cannot be parsed (a tag number is too large)")
+                number += self._read(1)
+            first = self._read(1)[0]
+            raw += number[1:] + bytes((first,))
+        if first < 0x80:
+            length: int | None = first
+        elif first == 0x80:
+            if not tag & 0x20:
+                raise Malformed("the CMS structure cannot be parsed (a primitive element has no length)")
+            length = None
+        else:
+            size = first & 0x7F
+            if size > 8:  # 0xFF is reserved; anything above 2**64 bytes is absurd
+                raise Malformed(f"the CMS structure cannot be parsed (a length of {size} octets)")
+            octets = self._read(size)
+            raw += octets
+            length = int.from_bytes(octets, "big")
+        if tag == 0:
+            if raw == b"\x00\x00" and parent.end is None and parent is not self.root:
+                parent.done = True
+                return None
+            raise Malformed("the CMS structure cannot be parsed (misplaced end-of-contents octets)")
+        header = _Header(tag, raw, start, length, parent.bound)
+        if parent.bound is not None and (header.end or self.offset) > parent.bound:
+            raise Malformed(_TRUNCATED if parent.bound == self.root.bound else
+                            "the CMS structure cannot be parsed (a length runs past its enclosing element)")
+        return header
+
+    def expect(self, parent: _Header, tag: int, what: str) -> _Header:
+        """The next element inside ``parent``, which must be there and have ``tag``."""
+        header = self.next(parent)
+        if header is None or header.tag != tag:
+            raise Malformed(f"the CMS structure cannot be parsed ({what} expected)")
+        return header
+
+    def close(self, *headers: _Header) -> None:
+        """Check that each of ``headers`` (innermost first) has no further element."""
+        for header in headers:
+            if self.next(header) is not None:
+                raise Malformed("the CMS structure cannot be parsed (an unexpected element)")
+
+    def finish(self) -> None:
+        """Check that nothing follows the outermost element."""
+        if self._source.read(1):
+            raise Malformed("the CMS structure cannot be parsed (bytes follow its end)")
+
+    def whole(self, header: _Header) -> bytes:
+        """The whole encoding of a small element for asn1crypto, its indefinite lengths made definite.
+
+        (asn1crypto misreads an indefinite length inside a CHOICE, such as a RecipientInfo.)
+        """
+        return self._whole(header, header.start, 0)
+
+    def _whole(self, header: _Header, start: int, depth: int) -> bytes:
+        if (header.end or self.offset) - start > _PART_MAX:
+            raise Malformed(f"the CMS structure cannot be parsed (a part larger than {_PART_MAX} bytes)")
+        if header.length is not None:
+            return header.raw + self._read(header.length)
+        if depth == _DEPTH_MAX:
+            raise Malformed("the CMS structure cannot be parsed (nested too deeply)")
+        parts = []
+        while (child := self.next(header)) is not None:
+            parts.append(self._whole(child, start, depth + 1))
+        contents = b"".join(parts)
+        return header.raw[:-1] + _length_octets(len(contents)) + contents
+
+    def skip(self, header: _Header, depth: int = 0) -> None:
+        """Read past an element that is not needed, holding no more than a piece of it."""
+        if header.length is not None:
+            for _ in self._pieces(header.length):
+                pass
+            return
+        if depth == _DEPTH_MAX:
+            raise Malformed("the CMS structure cannot be parsed (nested too deeply)")
+        while (child := self.next(header)) is not None:
+            self.skip(child, depth + 1)
+
+    def _pieces(self, size: int) -> Iterator[bytes]:
+        while size:
+            piece = self._read(min(size, self._chunk))
+            size -= len(piece)
+            yield piece
+
+    def octets(self, header: _Header, write: Callable[[bytes], object], depth: int = 0) -> None:
+        """Stream the contents of an OCTET STRING (primitive, or constructed at any nesting) to ``write``."""
+        if not header.constructed:
+            for piece in self._pieces(header.length):
+                write(piece)
+            return
+        if depth == _DEPTH_MAX:
+            raise Malformed("the CMS structure cannot be parsed (nested too deeply)")
+        while (child := self.next(header)) is not None:
+            if child.tag not in (_OCTETS, _OCTETS_CONSTRUCTED):
+                raise Malformed(_NOT_OCTETS)
+            self.octets(child, write, depth + 1)
+
+
+def _length_octets(size: int) -> bytes:
+    if size < 0x80:
+        return bytes((size,))
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(octets),)) + octets
+
+
+def _remaining(source: BinaryIO) -> int | None:
+    """How many bytes ``source`` holds from where it stands, if it can tell."""
+    try:
+        if not source.seekable():
+            return None
+        here = source.tell()
+        end = source.seek(0, io.SEEK_END)
+        source.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end - here
+
+
+def _open(reader: _Reader, *expected: str) -> tuple[str, _Header, _Header]:
+    """Read a ContentInfo up to its content; return its kind, its SEQUENCE and its [0] header."""
+    outer = reader.next(reader.root)
+    if outer is None or outer.tag != _SEQUENCE:
+        raise Malformed("the CMS structure cannot be parsed (a ContentInfo SEQUENCE expected)")
+    name, dotted = _content_type(reader.whole(reader.expect(outer, _OID, "a content type")))
+    kind = _KINDS.get(name)
+    if kind is None:
+        raise Malformed(f"CMS content type {_spelled(name, dotted)} is not supported")
+    if expected and kind not in expected:
+        raise Malformed(f"expected CMS {' or '.join(expected)} data, got {kind} data")
+    explicit = reader.next(outer)
+    if explicit is None:
+        raise Malformed(f"the CMS {kind} structure has no content")
+    if explicit.tag != _CONTEXT_0:
+        raise Malformed("the CMS structure cannot be parsed (the [0] content expected)")
+    return kind, outer, explicit
+
+
+def _content_octets(reader: _Reader, parent: _Header) -> _Header:
+    """The OCTET STRING inside an explicit [0] eContent (``parent``), whose contents are next to read."""
+    content = reader.next(parent)
+    if content is None:
+        raise Malformed("the CMS structure cannot be parsed (an empty [0] content)")
+    if content.tag not in (_OCTETS, _OCTETS_CONSTRUCTED):
+        raise Malformed(_NOT_OCTETS)
+    return content
+
+
+def peek_kind(prefix: bytes) -> str:
+    """Which CMS structure a message holds, from its first :data:`PEEK_BYTES` bytes (or all, if fewer).
+
+    Only the ContentInfo's header and content type are read, so a stream can be dispatched to
+    :func:`decrypt_stream`, :func:`verify_stream` or :func:`decompress_stream` before it is read whole;
+    those check the rest.
+
+    :returns: as :func:`content_kind`.
+    :raises Malformed: when the prefix does not start a ContentInfo of a supported type.
+    """
+    return _open(_Reader(io.BytesIO(prefix), _CHUNK, whole=False))[0]
 
 
 def content_kind(der: bytes) -> str:
@@ -213,7 +478,15 @@ def content_kind(der: bytes) -> str:
     :returns: ``"enveloped"``, ``"auth-enveloped"``, ``"signed"``, ``"compressed"`` or ``"data"``.
     :raises Malformed: when it is not a ContentInfo of one of those types.
     """
-    return _open(der)[0]
+    reader = _Reader(io.BytesIO(der), _CHUNK)
+    kind, outer, explicit = _open(reader)
+    content = reader.next(explicit)
+    if content is None:
+        raise Malformed("the CMS structure cannot be parsed (an empty [0] content)")
+    reader.skip(content)
+    reader.close(explicit, outer)
+    reader.finish()
+    return kind
 
 
 # --- recipients and signers -------------------------------------------------------------------------
@@ -302,11 +575,192 @@ def _pad(content: bytes, block: int) -> tuple[memoryview, bytes]:
     return memoryview(content)[:cut], padder.update(content[cut:]) + padder.finalize()
 
 
-def _unpad(plain: bytes, block: int) -> bytes:
-    """Strip PKCS#7 padding, checking only the last block (one copy of the content, not two)."""
-    unpadder = padding.PKCS7(block * 8).unpadder()
-    tail = unpadder.update(plain[-block:]) + unpadder.finalize()
-    return b"".join((memoryview(plain)[: len(plain) - block], tail))
+def _content_key(key, encrypted_key: bytes, key_padding, cipher: _ContentCipher) -> bytes:
+    try:
+        cek = key.decrypt(encrypted_key, key_padding)
+    except ValueError:
+        raise DecryptionFailed(_UNDECRYPTABLE) from None
+    if len(cek) != cipher.key_size:  # RSA v1.5 implicit rejection returns random bytes, not an error
+        raise DecryptionFailed(_UNDECRYPTABLE)
+    return cek
+
+
+# GCM's field GF(2**128), as NIST SP 800-38D §6.3 writes it: the block's leftmost bit is the constant term.
+_GF_ONE = 1 << 127
+_GF_R = 0xE1 << 120
+
+
+def _gf_multiply(x: int, y: int) -> int:
+    product = 0
+    for bit in range(127, -1, -1):
+        if x >> bit & 1:
+            product ^= y
+        y = (y >> 1) ^ _GF_R if y & 1 else y >> 1
+    return product
+
+
+def _gf_power(x: int, n: int) -> int:
+    result = _GF_ONE
+    while n:
+        if n & 1:
+            result = _gf_multiply(result, x)
+        x = _gf_multiply(x, x)
+        n >>= 1
+    return result
+
+
+def _ghash_aad_term(cek: bytes, aad: bytes, ciphertext_size: int) -> bytes:
+    """GHASH(aad, C) xor GHASH("", C): what authenticated attributes add to a GCM tag.
+
+    In AuthEnvelopedData the attributes (the AAD) come after the content, and a GCM decryptor wants its
+    AAD first. The AAD's share of GHASH depends on the ciphertext only through its length (GHASH is a
+    polynomial in H = AES(key, 0) whose AAD terms sit above the ciphertext's), so the content is
+    decrypted as it streams with no AAD and the received tag is adjusted by this term at the end.
+    """
+    # A single block of ECB is the definition of the GHASH key, not a mode of encryption.
+    h = int.from_bytes(Cipher(algorithms.AES(cek), modes.ECB()).encryptor().update(bytes(16)), "big")  # noqa: S305
+    padded = aad + bytes(-len(aad) % 16)
+    term = 0
+    for start in range(0, len(padded), 16):
+        term = _gf_multiply(term ^ int.from_bytes(padded[start:start + 16], "big"), h)
+    term = _gf_multiply(term, _gf_power(h, -(-ciphertext_size // 16) + 1))  # above the ciphertext and lengths
+    term ^= _gf_multiply((8 * len(aad)) << 64, h)  # the lengths block: len(A) was 0 without the AAD
+    return term.to_bytes(16, "big")
+
+
+class _Decryption:
+    """Ciphertext pieces in, plaintext out to the sink; the padding or tag is checked by :meth:`finish`.
+
+    CBC keeps its last plaintext block back until the end, where its padding is removed.
+    """
+
+    def __init__(self, cipher: _ContentCipher, cek: bytes, iv: bytes, tag_length: int, sink: BinaryIO) -> None:
+        self._cek = cek
+        self._sink = sink
+        self._held = b""
+        self.size = 0  # ciphertext bytes so far
+        if cipher.gcm:
+            self._keep = 0
+            self._decryptor = Cipher(algorithms.AES(cek), modes.GCM(iv, min_tag_length=tag_length)).decryptor()
+        else:
+            self._keep = cipher.block
+            self._decryptor = Cipher(cipher.family(cek), modes.CBC(iv)).decryptor()
+
+    def update(self, ciphertext: bytes) -> None:
+        self.size += len(ciphertext)
+        plain = self._decryptor.update(ciphertext)
+        if not plain:  # CBC hands out whole blocks: nothing, or at least the one block kept back
+            return
+        if self._held:
+            self._sink.write(self._held)
+        cut = len(plain) - self._keep
+        self._sink.write(plain[:cut])
+        self._held = plain[cut:]
+
+    def finish(self, tag: bytes | None, aad: bytes | None) -> None:
+        try:
+            if tag is None:
+                self._decryptor.finalize()
+                unpadder = padding.PKCS7(self._keep * 8).unpadder()
+                self._sink.write(unpadder.update(self._held) + unpadder.finalize())
+                return
+            if aad is not None:
+                term = _ghash_aad_term(self._cek, aad, self.size)
+                tag = bytes(a ^ b for a, b in zip(tag, term[: len(tag)], strict=True))
+            self._decryptor.finalize_with_tag(tag)
+        except (ValueError, InvalidTag):
+            raise DecryptionFailed(_UNDECRYPTABLE) from None
+
+
+def decrypt_stream(
+    source: BinaryIO,
+    sink: BinaryIO,
+    recipients: Sequence[tuple[PrivateKey, x509.Certificate]],
+    *,
+    ciphers: Collection[str] = CIPHERS,
+    key_transports: Collection[str] = KEY_TRANSPORTS,
+    chunk: int = _CHUNK,
+) -> Decrypted:
+    """Decrypt an EnvelopedData or AuthEnvelopedData (DER or BER) read from ``source`` into ``sink``.
+
+    ``source`` stands at the start of the ContentInfo, which must end the file. The content is written
+    to ``sink`` in pieces as it is decrypted; on any error the caller must discard what ``sink`` got.
+
+    :param recipients: our (key, certificate) pairs; several during a key rollover. The RecipientInfo
+        is matched by issuer and serial number or by subject key identifier.
+    :param ciphers: the content ciphers accepted (from :data:`CIPHERS`).
+    :param key_transports: the key transports accepted (from :data:`KEY_TRANSPORTS`).
+    :param chunk: the largest piece read or decrypted at once.
+    :returns: the algorithms used (``content`` is empty: it went to ``sink``).
+    :raises Malformed: not an envelope, or broken structure (truncated, trailing bytes...).
+    :raises AlgorithmRefused: a cipher or key transport not in the allowed sets, or legacy/unknown.
+    :raises DecryptionFailed: no RecipientInfo for our certificates, or the decryption failed — the
+        latter with one message whatever the cause, so failures reveal nothing about the key.
+    """
+    reader = _Reader(source, chunk)
+    kind, outer, explicit = _open(reader, "enveloped", "auth-enveloped")
+    gcm = kind == "auth-enveloped"
+    envelope = reader.expect(explicit, _SEQUENCE, "an envelope SEQUENCE")
+    reader.skip(reader.expect(envelope, _INTEGER, "a version"))
+    part = reader.next(envelope)
+    if part is not None and part.tag == _CONTEXT_0:  # originatorInfo: key agreement only, unused by key transport
+        reader.skip(part)
+        part = reader.next(envelope)
+    if part is None or part.tag != _SET:
+        raise Malformed("the CMS structure cannot be parsed (the recipient infos expected)")
+    recipient_infos = reader.whole(part)
+    info = reader.expect(envelope, _SEQUENCE, "the encrypted content info")
+    reader.skip(reader.expect(info, _OID, "a content type"))
+    algorithm = reader.whole(reader.expect(info, _SEQUENCE, "the content encryption algorithm"))
+    with _parsing():
+        cipher, iv, tag_length = _content_cipher(algos.EncryptionAlgorithm.load(algorithm, strict=True), gcm)
+        if cipher.name not in ciphers:
+            raise AlgorithmRefused(cipher.name, "content encryption algorithm", [c for c in CIPHERS if c in ciphers])
+        recipient, key = _find_recipient(cms.RecipientInfos.load(recipient_infos, strict=True), recipients)
+        transport, key_padding = _key_transport(recipient["key_encryption_algorithm"])
+        if transport not in key_transports:
+            accepted = [t for t in KEY_TRANSPORTS if t in key_transports]
+            raise AlgorithmRefused(transport, "key transport algorithm", accepted)
+        encrypted_key = recipient["encrypted_key"].native
+    _require_rsa(key, "decryption key type")
+    cek = _content_key(key, encrypted_key, key_padding, cipher)
+    content = reader.next(info)
+    if content is None:
+        raise Malformed(_NO_CONTENT)
+    if content.tag not in (_IMPLICIT_OCTETS_0, _IMPLICIT_OCTETS_0 | 0x20):
+        raise Malformed(_NOT_OCTETS)
+    decryption = _Decryption(cipher, cek, iv, tag_length, sink)
+    reader.octets(content, decryption.update)
+    reader.close(info)
+    tag = aad = None
+    part = reader.next(envelope)
+    if gcm:
+        auth_attrs = None
+        if part is not None and part.tag == _CONTEXT_1:
+            auth_attrs = reader.whole(part)
+            part = reader.next(envelope)
+        if part is None or part.tag not in (_OCTETS, _OCTETS_CONSTRUCTED):
+            raise Malformed("the CMS structure cannot be parsed (the authentication tag expected)")
+        mac = reader.whole(part)
+        with _parsing():
+            tag = core.OctetString.load(mac, strict=True).native
+            if auth_attrs is not None:
+                aad = cms.CMSAttributes.load(auth_attrs, strict=True, implicit=1).untag().dump(force=True)
+        if len(tag) != tag_length:
+            raise Malformed(f"the authentication tag is {len(tag)} bytes, its parameters say {tag_length}")
+        part = reader.next(envelope)
+        if part is not None and part.tag == _CONTEXT_2:  # unauthAttrs
+            reader.skip(part)
+            part = reader.next(envelope)
+    elif part is not None and part.tag == _CONTEXT_1:  # unprotectedAttrs
+        reader.skip(part)
+        part = reader.next(envelope)
+    if part is not None:
+        raise Malformed("the CMS structure cannot be parsed (an unexpected element)")
+    reader.close(explicit, outer)
+    reader.finish()
+    decryption.finish(tag, aad)
+    return Decrypted(b"", cipher.name, transport)
 
 
 def decrypt(
@@ -318,54 +772,11 @@ def decrypt(
 ) -> Decrypted:
     """Decrypt an EnvelopedData or AuthEnvelopedData (DER or BER) for one of our key pairs.
 
-    :param recipients: our (key, certificate) pairs; several during a key rollover. The RecipientInfo
-        is matched by issuer and serial number or by subject key identifier.
-    :param ciphers: the content ciphers accepted (from :data:`CIPHERS`).
-    :param key_transports: the key transports accepted (from :data:`KEY_TRANSPORTS`).
-    :raises Malformed: not an envelope, or broken structure.
-    :raises AlgorithmRefused: a cipher or key transport not in the allowed sets, or legacy/unknown.
-    :raises DecryptionFailed: no RecipientInfo for our certificates, or the decryption failed — the
-        latter with one message whatever the cause, so failures reveal nothing about the key.
+    :func:`decrypt_stream` over bytes: the same parameters, checks and errors.
     """
-    kind, envelope = _open(der, "enveloped", "auth-enveloped")
-    gcm = kind == "auth-enveloped"
-    with _parsing():
-        info = envelope["auth_encrypted_content_info" if gcm else "encrypted_content_info"]
-        cipher, iv, tag_length = _content_cipher(info["content_encryption_algorithm"], gcm)
-        if cipher.name not in ciphers:
-            raise AlgorithmRefused(cipher.name, "content encryption algorithm", [c for c in CIPHERS if c in ciphers])
-        recipient, key = _find_recipient(envelope["recipient_infos"], recipients)
-        transport, key_padding = _key_transport(recipient["key_encryption_algorithm"])
-        if transport not in key_transports:
-            accepted = [t for t in KEY_TRANSPORTS if t in key_transports]
-            raise AlgorithmRefused(transport, "key transport algorithm", accepted)
-        encrypted_key = recipient["encrypted_key"].native
-        ciphertext = _octets(info["encrypted_content"])
-        if gcm:
-            tag = envelope["mac"].native
-            if len(tag) != tag_length:
-                raise Malformed(f"the authentication tag is {len(tag)} bytes, its parameters say {tag_length}")
-            auth_attrs = envelope["auth_attrs"]
-            aad = None if isinstance(auth_attrs, core.Void) else auth_attrs.untag().dump(force=True)
-    _require_rsa(key, "decryption key type")
-    try:
-        cek = key.decrypt(encrypted_key, key_padding)
-        if len(cek) != cipher.key_size:  # RSA v1.5 implicit rejection returns random bytes, not an error
-            raise DecryptionFailed(_UNDECRYPTABLE)
-        if gcm:
-            decryptor = Cipher(algorithms.AES(cek), modes.GCM(iv, tag, min_tag_length=tag_length)).decryptor()
-            if aad is not None:
-                decryptor.authenticate_additional_data(aad)
-            content = decryptor.update(ciphertext)
-            decryptor.finalize()
-        else:
-            decryptor = Cipher(cipher.family(cek), modes.CBC(iv)).decryptor()
-            plain = decryptor.update(ciphertext)
-            decryptor.finalize()
-            content = _unpad(plain, cipher.block)
-    except (ValueError, InvalidTag):
-        raise DecryptionFailed(_UNDECRYPTABLE) from None
-    return Decrypted(content, cipher.name, transport)
+    sink = io.BytesIO()
+    decrypted = decrypt_stream(io.BytesIO(der), sink, recipients, ciphers=ciphers, key_transports=key_transports)
+    return attrs.evolve(decrypted, content=sink.getvalue())
 
 
 def _key_encryption_algorithm(key_transport: str) -> cms.KeyEncryptionAlgorithm:
@@ -547,8 +958,9 @@ def _signature_padding(algorithm, digest: str) -> rsa_padding.AsymmetricPadding:
     return rsa_padding.PSS(rsa_padding.MGF1(mgf_hash), params["salt_length"].native)
 
 
-def _verify_signer(signer_info, content: bytes, content_type, embedded, trusted, cas, digests,
-                   now: datetime) -> Verified:
+
+def _verify_signer(signer_info, content_digest: Callable[[str], bytes], content_type: tuple[str, str], embedded,
+                   trusted, cas, digests, now: datetime) -> Verified:
     with _parsing():
         digest = _oid_name(signer_info["digest_algorithm"]["algorithm"])
         algorithm = _hash(digest, digests)
@@ -556,19 +968,19 @@ def _verify_signer(signer_info, content: bytes, content_type, embedded, trusted,
         signer_id = signer_info["sid"]
     cert = _signer_certificate(signer_id, trusted, embedded, cas, now)
     public_key = _require_rsa(cert.public_key(), "signer key type")
-    content_digest = _digest(algorithm, content)
+    digested = content_digest(digest)
     with _parsing():
         signed_attrs = signer_info["signed_attrs"]
         signature = signer_info["signature"].native
         if isinstance(signed_attrs, core.Void):
-            if content_type.native != "data":
+            if content_type[0] != "data":
                 raise Malformed("signed attributes are required for content other than data")
-            signed, signed_algorithm = content_digest, Prehashed(algorithm)
+            signed, signed_algorithm = digested, Prehashed(algorithm)
         else:
-            if _single_attribute(signed_attrs, "content_type").dotted != content_type.dotted:
+            if _single_attribute(signed_attrs, "content_type").dotted != content_type[1]:
                 raise SignatureInvalid("the signed content-type attribute does not match the content type")
             claimed = _single_attribute(signed_attrs, "message_digest").native
-            if not hmac.compare_digest(claimed, content_digest):
+            if not hmac.compare_digest(claimed, digested):
                 raise SignatureInvalid("the message digest does not match the content: the content was changed")
             # The signature covers the DER of the attributes as a SET, whatever encoding arrived.
             signed, signed_algorithm = signed_attrs.untag().dump(force=True), algorithm
@@ -578,7 +990,141 @@ def _verify_signer(signer_info, content: bytes, content_type, embedded, trusted,
         raise SignatureInvalid(
             f"the signature by {cert.subject.rfc4514_string()} does not verify: the content or signature was changed"
         ) from None
-    return Verified(cert, digest, isinstance(signature_padding, rsa_padding.PSS), content)
+    return Verified(cert, digest, isinstance(signature_padding, rsa_padding.PSS), b"")
+
+
+#: Handed the eContent OCTET STRING (None when detached), next to be read, and the digests to compute;
+#: returns the content's digest by name.
+_ContentHandler = Callable[[_Header | None, list[str]], Callable[[str], bytes]]
+
+
+def _verify_signed(reader: _Reader, on_content: _ContentHandler, *, trusted: Sequence[x509.Certificate],
+                   cas: Sequence[x509.Certificate], digests: Collection[str], now: datetime) -> Verified:
+    """Read a SignedData and verify it: the one implementation behind every verify function."""
+    _, outer, explicit = _open(reader, "signed")
+    signed = reader.expect(explicit, _SEQUENCE, "a SignedData SEQUENCE")
+    reader.skip(reader.expect(signed, _INTEGER, "a version"))
+    algorithms = reader.whole(reader.expect(signed, _SET, "the digest algorithms"))
+    encapsulated = reader.expect(signed, _SEQUENCE, "the encapsulated content info")
+    content_type = _content_type(reader.whole(reader.expect(encapsulated, _OID, "a content type")))
+    announced = _digest_names(algorithms)
+    computed = list(dict.fromkeys(name for name in announced if name in digests and name in _HASHES))
+    if announced and not computed:  # no signer can be verified: refuse before reading the content
+        _hash(announced[0], digests)
+    explicit_content = reader.next(encapsulated)
+    if explicit_content is None:
+        content_digest = on_content(None, computed)
+    elif explicit_content.tag != _CONTEXT_0:
+        raise Malformed("the CMS structure cannot be parsed (the [0] content expected)")
+    else:
+        content_digest = on_content(_content_octets(reader, explicit_content), computed)
+        reader.close(explicit_content)
+    reader.close(encapsulated)
+    part = reader.next(signed)
+    certificates = None
+    if part is not None and part.tag == _CONTEXT_0:
+        certificates = reader.whole(part)
+        part = reader.next(signed)
+    if part is not None and part.tag == _CONTEXT_1:  # CRLs: trust is decided by the configured certificates
+        reader.skip(part)
+        part = reader.next(signed)
+    if part is None or part.tag != _SET:
+        raise Malformed("the CMS structure cannot be parsed (the signer infos expected)")
+    signer_infos = reader.whole(part)
+    reader.close(signed, explicit, outer)
+    reader.finish()
+    with _parsing():
+        embedded = () if certificates is None else cms.CertificateSet.load(certificates, strict=True, implicit=0)
+        signer_infos = list(cms.SignerInfos.load(signer_infos, strict=True))
+    if not signer_infos:
+        raise Malformed("the signed data has no signer")
+    errors: list[CMSError] = []
+    for signer_info in signer_infos:
+        try:
+            return _verify_signer(signer_info, content_digest, content_type, embedded, trusted, cas, digests, now)
+        except (Malformed, AlgorithmRefused, SignerNotTrusted, SignatureInvalid) as e:
+            errors.append(e)
+    errors.sort(key=lambda e: isinstance(e, SignerNotTrusted))
+    raise errors[0]
+
+
+def verify_stream(
+    source: BinaryIO,
+    sink: BinaryIO,
+    *,
+    trusted: Sequence[x509.Certificate],
+    cas: Sequence[x509.Certificate] = (),
+    digests: Collection[str] = _VERIFY_DIGESTS,
+    now: datetime,
+    chunk: int = _CHUNK,
+) -> Verified:
+    """Verify a SignedData (DER or BER) with its content encapsulated, read from ``source``.
+
+    The content is written to ``sink`` as it is read, hashed on the way with each accepted digest
+    algorithm the SignedData announces; the certificates and signer infos after it are then checked
+    as :func:`verify` does. On any error the caller must discard what ``sink`` got.
+
+    :returns: the first SignerInfo that is from a trusted signer and verifies (``content`` is empty:
+        it went to ``sink``).
+    :raises Malformed: no encapsulated content, a broken structure, or a signer whose digest algorithm
+        the SignedData did not announce; and the errors of :func:`verify`.
+    """
+    reader = _Reader(source, chunk)
+
+    def stream(content: _Header | None, names: list[str]) -> Callable[[str], bytes]:
+        if content is None:
+            raise Malformed(_NO_CONTENT)
+        hashers = [hashes.Hash(_HASHES[name]()) for name in names]
+
+        def write(piece: bytes) -> None:
+            for hasher in hashers:
+                hasher.update(piece)
+            sink.write(piece)
+
+        reader.octets(content, write)
+        computed = {name: hasher.finalize() for name, hasher in zip(names, hashers, strict=True)}
+
+        def content_digest(name: str) -> bytes:
+            if name not in computed:
+                raise Malformed(f"the signer's digest algorithm {name} is not among those the signed data announces")
+            return computed[name]
+
+        return content_digest
+
+    return _verify_signed(reader, stream, trusted=trusted, cas=cas, digests=digests, now=now)
+
+
+def verify_digests(
+    der: bytes,
+    *,
+    content_digest: Callable[[str], bytes],
+    trusted: Sequence[x509.Certificate],
+    cas: Sequence[x509.Certificate] = (),
+    digests: Collection[str] = _VERIFY_DIGESTS,
+    now: datetime,
+) -> Verified:
+    """Verify a detached SignedData (DER or BER) whose content the caller hashes.
+
+    :param content_digest: returns the digest of the exact signed bytes for a name in :data:`DIGESTS`;
+        called at most once per name, and only for the digest of a trusted signer.
+    :returns: as :func:`verify` (``content`` is empty).
+    :raises Malformed, AlgorithmRefused, SignerNotTrusted, SignatureInvalid: as :func:`verify`.
+    """
+    asked: dict[str, bytes] = {}
+
+    def detached(content: _Header | None, names: list[str]) -> Callable[[str], bytes]:
+        if content is not None:
+            raise Malformed("the signed data carries its content, but a detached signature was expected")
+
+        def once(name: str) -> bytes:
+            if name not in asked:
+                asked[name] = content_digest(name)
+            return asked[name]
+
+        return once
+
+    reader = _Reader(io.BytesIO(der), _CHUNK)
+    return _verify_signed(reader, detached, trusted=trusted, cas=cas, digests=digests, now=now)
 
 
 def verify(
@@ -587,7 +1133,7 @@ def verify(
     content: bytes | None,
     trusted: Sequence[x509.Certificate],
     cas: Sequence[x509.Certificate] = (),
-    digests: Collection[str] = ("sha256", "sha384", "sha512", "sha224"),
+    digests: Collection[str] = _VERIFY_DIGESTS,
     now: datetime,
 ) -> Verified:
     """Verify a SignedData (DER or BER), detached or with its content encapsulated.
@@ -598,30 +1144,17 @@ def verify(
     :param cas: ...or be directly issued by one of these CA certificates.
     :param digests: the digest algorithms accepted; SHA-1 only if the caller lists it.
     :param now: the time at which the signer's certificate must be valid.
-    :returns: the first SignerInfo that is from a trusted signer and verifies.
+    :returns: the first SignerInfo that is from a trusted signer and verifies, with the signed content.
     :raises Malformed, AlgorithmRefused, SignerNotTrusted, SignatureInvalid: when none does; the error
         of a trusted signer is preferred to a "not trusted".
     """
-    _, signed = _open(der, "signed")
-    with _parsing():
-        encapsulated = signed["encap_content_info"]
-        content_type = encapsulated["content_type"]
-        if content is None:
-            content = _octets(encapsulated["content"])
-        elif not isinstance(encapsulated["content"], core.Void):
-            raise Malformed("the signed data carries its content, but a detached signature was expected")
-        embedded = signed["certificates"]
-        signer_infos = list(signed["signer_infos"])
-    if not signer_infos:
-        raise Malformed("the signed data has no signer")
-    errors: list[CMSError] = []
-    for signer_info in signer_infos:
-        try:
-            return _verify_signer(signer_info, content, content_type, embedded, trusted, cas, digests, now)
-        except (Malformed, AlgorithmRefused, SignerNotTrusted, SignatureInvalid) as e:
-            errors.append(e)
-    errors.sort(key=lambda e: isinstance(e, SignerNotTrusted))
-    raise errors[0]
+    if content is None:
+        sink = io.BytesIO()
+        verified = verify_stream(io.BytesIO(der), sink, trusted=trusted, cas=cas, digests=digests, now=now)
+        return attrs.evolve(verified, content=sink.getvalue())
+    verified = verify_digests(der, content_digest=lambda name: _digest(_HASHES[name](), content), trusted=trusted,
+                              cas=cas, digests=digests, now=now)
+    return attrs.evolve(verified, content=content)
 
 
 # --- compression and MIC ------------------------------------------------------------------------------
@@ -639,33 +1172,136 @@ def compress(content: bytes) -> bytes:
     return cms.ContentInfo({"content_type": "compressed_data", "content": compressed}).dump()
 
 
+
+
+class _Inflation:
+    """Compressed pieces in, content out to the sink, refused as soon as a cap is certainly exceeded.
+
+    The caps are those of the whole content: at most ``max_size`` bytes, and at most ``max_ratio``
+    times the compressed size. While the compressed size is not yet known it lies between what was
+    read and ``bound`` (the end of the enclosing structure or of the file), which is enough to refuse
+    most bombs early; when that cannot tell which cap is exceeded, inflating stops and the rest is
+    only counted.
+    """
+
+    def __init__(self, sink: BinaryIO, max_size: int, max_ratio: int, chunk: int, reader: _Reader,
+                 bound: int | None) -> None:
+        self._sink = sink
+        self._max_size = max_size
+        self._max_ratio = max_ratio
+        self._chunk = chunk
+        self._reader = reader
+        self._bound = bound
+        self._inflater = zlib.decompressobj()
+        self._stopped = self._extra = False
+        self.size_in = self.size_out = 0
+
+    def update(self, piece: bytes) -> None:
+        self.size_in += len(piece)
+        if self._stopped:
+            return
+        if self._inflater.eof:
+            self._extra = self._extra or bool(piece)
+            return
+        data = piece
+        while True:
+            try:
+                out = self._inflater.decompress(data, self._chunk)
+            except zlib.error:
+                raise Malformed("the compressed content is not valid zlib data") from None
+            if out:
+                self._emit(out)
+                if self._stopped:
+                    return
+            data = self._inflater.unconsumed_tail
+            if self._inflater.eof or (not data and len(out) < self._chunk):
+                break
+        self._extra = self._extra or bool(self._inflater.unused_data)
+
+    def _emit(self, out: bytes) -> None:
+        self.size_out += len(out)
+        at_most = None if self._bound is None else self.size_in + self._bound - self._reader.offset
+        exceeded = self._exceeded(at_most)
+        if exceeded == "unknown":
+            self._stopped = True
+        elif exceeded:
+            raise self._refusal(exceeded)
+        else:
+            self._sink.write(out)
+
+    def _exceeded(self, at_most: int | None) -> str | None:
+        """Which cap the output exceeds ("size", "ratio", "unknown" which) for a compressed size
+        between what was read and ``at_most`` (None: unknown); None while it may still be within."""
+        ratio_cap = None if at_most is None else self._max_ratio * at_most
+        if self.size_out <= (self._max_size if ratio_cap is None else min(self._max_size, ratio_cap)):
+            return None
+        if self._max_size <= self._max_ratio * self.size_in:
+            return "size"
+        if ratio_cap is not None and ratio_cap < self._max_size:
+            return "ratio"
+        return "unknown"
+
+    def _refusal(self, cap: str) -> DecompressionRefused:
+        if cap == "size":
+            return DecompressionRefused(f"the decompressed content exceeds the size cap of {self._max_size} bytes")
+        return DecompressionRefused(f"the compression ratio exceeds the cap of {self._max_ratio}:1")
+
+    def finish(self) -> int:
+        exceeded = self._exceeded(self.size_in)  # now known exactly: "unknown" cannot be the answer
+        if exceeded:
+            raise self._refusal(exceeded)
+        if not self._inflater.eof or self._extra:
+            raise Malformed("the compressed content is truncated or followed by extra data")
+        return self.size_out
+
+
+def decompress_stream(source: BinaryIO, sink: BinaryIO, *, max_size: int, max_ratio: int, chunk: int = _CHUNK) -> int:
+    """Write the content of an RFC 3274 CompressedData read from ``source`` to ``sink``.
+
+    Inflates in pieces of at most ``chunk`` bytes and stops as soon as a cap is certainly exceeded; on
+    any error the caller must discard what ``sink`` got.
+
+    :param max_size: the largest decompressed content accepted, in bytes.
+    :param max_ratio: the largest decompressed/compressed size ratio accepted (compressed: the size of
+        the compressed content, the zlib stream).
+    :returns: the number of bytes written.
+    :raises DecompressionRefused: over either cap (the message names the cap and its value).
+    :raises Malformed: not CompressedData, broken structure, or broken zlib data.
+    """
+    reader = _Reader(source, chunk)
+    _, outer, explicit = _open(reader, "compressed")
+    compressed = reader.expect(explicit, _SEQUENCE, "a CompressedData SEQUENCE")
+    reader.skip(reader.expect(compressed, _INTEGER, "a version"))
+    algorithm = reader.whole(reader.expect(compressed, _SEQUENCE, "the compression algorithm"))
+    with _parsing():
+        algorithm = cms.CompressionAlgorithm.load(algorithm, strict=True)["algorithm"]
+        if algorithm.native != "zlib":
+            raise AlgorithmRefused(_oid_name(algorithm), "compression algorithm", ["zlib"])
+    encapsulated = reader.expect(compressed, _SEQUENCE, "the encapsulated content info")
+    reader.skip(reader.expect(encapsulated, _OID, "a content type"))
+    explicit_content = reader.next(encapsulated)
+    if explicit_content is None:
+        raise Malformed(_NO_CONTENT)
+    if explicit_content.tag != _CONTEXT_0:
+        raise Malformed("the CMS structure cannot be parsed (the [0] content expected)")
+    content = _content_octets(reader, explicit_content)
+    inflation = _Inflation(sink, max_size, max_ratio, chunk, reader, content.bound)
+    reader.octets(content, inflation.update)
+    reader.close(explicit_content, encapsulated, compressed, explicit, outer)
+    reader.finish()
+    return inflation.finish()
+
+
 def decompress(der: bytes, *, max_size: int, max_ratio: int) -> bytes:
     """The content of an RFC 3274 CompressedData, never inflating more than about ``max_size`` bytes.
 
-    :param max_size: the largest decompressed content accepted, in bytes.
-    :param max_ratio: the largest decompressed/compressed size ratio accepted.
-    :raises DecompressionRefused: over either cap (the message names the cap and its value).
-    :raises Malformed: not CompressedData, or broken zlib data.
+    :func:`decompress_stream` over bytes: the same caps and errors.
     """
-    _, compressed = _open(der, "compressed")
-    with _parsing():
-        algorithm = compressed["compression_algorithm"]["algorithm"]
-        if algorithm.native != "zlib":
-            raise AlgorithmRefused(_oid_name(algorithm), "compression algorithm", ["zlib"])
-        data = _octets(compressed["encap_content_info"]["content"])
-    limit = min(max_size, max_ratio * len(data))
-    inflater = zlib.decompressobj()
-    try:
-        content = inflater.decompress(data, limit + 1)  # allocates at most limit + 1 bytes
-    except zlib.error:
-        raise Malformed("the compressed content is not valid zlib data") from None
-    if len(content) > limit:
-        if limit == max_size:
-            raise DecompressionRefused(f"the decompressed content exceeds the size cap of {max_size} bytes")
-        raise DecompressionRefused(f"the compression ratio exceeds the cap of {max_ratio}:1")
-    if not inflater.eof or inflater.unused_data:
-        raise Malformed("the compressed content is truncated or followed by extra data")
-    return content
+    sink = io.BytesIO()
+    decompress_stream(io.BytesIO(der), sink, max_size=max_size, max_ratio=max_ratio)
+    return sink.getvalue()
+
+
 
 
 def mic(data: bytes, digest: str) -> str:
