@@ -1,12 +1,15 @@
 """Vectors for :mod:`tests.protocols.as2.test_cms`: the real ``openssl cms`` as the peer, and a tiny DER writer.
 
 The DER writer exists for the few structures OpenSSL will not produce (OAEP without parameters,
-AuthEnvelopedData with authenticated attributes); tests must not import asn1crypto, which stays behind
-:mod:`protocols.as2.cms`.
+AuthEnvelopedData with authenticated attributes, CompressedData — this openssl has no zlib); tests must
+not import asn1crypto, which stays behind :mod:`protocols.as2.cms`.
 """
 
+import io
 import subprocess
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -124,6 +127,49 @@ AES128_CBC = "2.16.840.1.101.3.4.1.2"
 AES256_CBC = "2.16.840.1.101.3.4.1.42"
 AES128_GCM = "2.16.840.1.101.3.4.1.6"
 CONTENT_TYPE = "1.2.840.113549.1.9.3"
+COMPRESSED_DATA = "1.2.840.113549.1.9.16.1.9"
+ZLIB = "1.2.840.113549.1.9.16.3.8"
+
+
+def _elements(der: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The (tag, whole encoding, contents) of each DER element in ``der``, one after the other."""
+    elements, position = [], 0
+    while position < len(der):
+        start, tag, first = position, der[position], der[position + 1]
+        position += 2
+        if first < 0x80:
+            length = first
+        else:
+            length = int.from_bytes(der[position:position + (first & 0x7F)], "big")
+            position += first & 0x7F
+        contents = der[position:position + length]
+        position += length
+        elements.append((tag, der[start:position], contents))
+    return elements
+
+
+def children(der: bytes) -> list[bytes]:
+    """The encodings of the elements inside one constructed DER element, to be rearranged and rebuilt."""
+    [(_, _, contents)] = _elements(der)
+    return [whole for _, whole, _ in _elements(contents)]
+
+
+def indefinite(der: bytes) -> bytes:
+    """``der`` re-encoded as BER with every constructed element, however deep, of indefinite length."""
+    return b"".join(bytes((tag, 0x80)) + indefinite(contents) + b"\x00\x00" if tag & 0x20 else whole
+                    for tag, whole, contents in _elements(der))
+
+
+def nested_octets(data: bytes, tag: int = 0x24) -> bytes:
+    """``data`` as a constructed OCTET STRING (BER) in every legal shape at once.
+
+    An indefinite-length outer element holding a primitive chunk, an empty chunk, an indefinite
+    constructed chunk with two chunks of its own, and a definite constructed chunk.
+    """
+    a, b, c, d = (len(data) * i // 4 for i in range(4))
+    inner = b"\x24\x80" + octets(data[b:b + (c - b) // 2]) + octets(data[b + (c - b) // 2:c]) + b"\x00\x00"
+    return bytes((tag, 0x80)) + octets(data[a:b]) + octets(b"") + inner + tlv(0x24, octets(data[c:d]),
+                                                                              octets(data[d:])) + b"\x00\x00"
 
 
 def printable_upper_case(name: x509.Name) -> bytes:
@@ -133,18 +179,20 @@ def printable_upper_case(name: x509.Name) -> bytes:
 
 def envelope(recipient: x509.Certificate, key_encryption: bytes, encrypted_key: bytes, content_encryption: bytes,
              ciphertext: bytes, *, auth_attrs: bytes | None = None, mac: bytes | None = None,
-             issuer: bytes | None = None) -> bytes:
+             issuer: bytes | None = None, chunked: bool = False) -> bytes:
     """A ContentInfo holding EnvelopedData, or AuthEnvelopedData when ``mac`` is given.
 
     :param key_encryption: the DER KeyEncryptionAlgorithmIdentifier.
     :param content_encryption: the DER ContentEncryptionAlgorithmIdentifier.
     :param auth_attrs: the DER SET of authenticated attributes (written with its [1] tag here).
     :param issuer: the DER issuer name for the RecipientInfo, if not the certificate's own bytes.
+    :param chunked: write the ciphertext as :func:`nested_octets` rather than one primitive [0].
     """
     issuer = recipient.issuer.public_bytes() if issuer is None else issuer
     issuer_and_serial = seq(issuer, integer(recipient.serial_number))
     recipient_info = seq(integer(0), issuer_and_serial, key_encryption, octets(encrypted_key))
-    content_info = seq(oid(DATA), content_encryption, tlv(0x80, ciphertext))
+    encrypted = nested_octets(ciphertext, 0xA0) if chunked else tlv(0x80, ciphertext)
+    content_info = seq(oid(DATA), content_encryption, encrypted)
     parts = [integer(0), tlv(0x31, recipient_info), content_info]
     if mac is None:
         return seq(oid(ENVELOPED_DATA), tlv(0xA0, seq(*parts)))
@@ -152,3 +200,34 @@ def envelope(recipient: x509.Certificate, key_encryption: bytes, encrypted_key: 
         parts.append(bytes((0xA1,)) + auth_attrs[1:])
     parts.append(octets(mac))
     return seq(oid(AUTH_ENVELOPED_DATA), tlv(0xA0, seq(*parts)))
+
+
+def write_compressed(content: BinaryIO, out: BinaryIO, *, piece: int = 4096, level: int = 6) -> None:
+    """Stream ``content`` into ``out`` as BER CompressedData, as ``openssl cms -compress -stream`` writes it.
+
+    Indefinite lengths throughout, and the zlib stream in a constructed OCTET STRING of ``piece``-byte
+    chunks; memory stays a piece, whatever the content size.
+    """
+    indefinite = b"\x80"
+    out.write(b"\x30" + indefinite + oid(COMPRESSED_DATA) + b"\xa0" + indefinite)  # ContentInfo, [0]
+    out.write(b"\x30" + indefinite + integer(0) + seq(oid(ZLIB)))  # CompressedData: version, algorithm
+    out.write(b"\x30" + indefinite + oid(DATA) + b"\xa0" + indefinite + b"\x24" + indefinite)  # eContent
+    compressor = zlib.compressobj(level)
+    pending = b""
+    while data := content.read(1 << 20):
+        pending += compressor.compress(data)
+        whole = len(pending) - len(pending) % piece
+        for start in range(0, whole, piece):
+            out.write(octets(pending[start:start + piece]))
+        pending = pending[whole:]
+    pending += compressor.flush()
+    for start in range(0, len(pending), piece):
+        out.write(octets(pending[start:start + piece]))
+    out.write(b"\x00\x00" * 6)  # OCTET STRING, [0], EncapsulatedContentInfo, CompressedData, [0], ContentInfo
+
+
+def compressed(content: bytes, *, piece: int = 4096) -> bytes:
+    """``content`` as BER CompressedData with the zlib stream in ``piece``-byte chunks."""
+    out = io.BytesIO()
+    write_compressed(io.BytesIO(content), out, piece=piece)
+    return out.getvalue()
