@@ -585,49 +585,6 @@ def _content_key(key, encrypted_key: bytes, key_padding, cipher: _ContentCipher)
     return cek
 
 
-# GCM's field GF(2**128), as NIST SP 800-38D §6.3 writes it: the block's leftmost bit is the constant term.
-_GF_ONE = 1 << 127
-_GF_R = 0xE1 << 120
-
-
-def _gf_multiply(x: int, y: int) -> int:
-    product = 0
-    for bit in range(127, -1, -1):
-        if x >> bit & 1:
-            product ^= y
-        y = (y >> 1) ^ _GF_R if y & 1 else y >> 1
-    return product
-
-
-def _gf_power(x: int, n: int) -> int:
-    result = _GF_ONE
-    while n:
-        if n & 1:
-            result = _gf_multiply(result, x)
-        x = _gf_multiply(x, x)
-        n >>= 1
-    return result
-
-
-def _ghash_aad_term(cek: bytes, aad: bytes, ciphertext_size: int) -> bytes:
-    """GHASH(aad, C) xor GHASH("", C): what authenticated attributes add to a GCM tag.
-
-    In AuthEnvelopedData the attributes (the AAD) come after the content, and a GCM decryptor wants its
-    AAD first. The AAD's share of GHASH depends on the ciphertext only through its length (GHASH is a
-    polynomial in H = AES(key, 0) whose AAD terms sit above the ciphertext's), so the content is
-    decrypted as it streams with no AAD and the received tag is adjusted by this term at the end.
-    """
-    # A single block of ECB is the definition of the GHASH key, not a mode of encryption.
-    h = int.from_bytes(Cipher(algorithms.AES(cek), modes.ECB()).encryptor().update(bytes(16)), "big")  # noqa: S305
-    padded = aad + bytes(-len(aad) % 16)
-    term = 0
-    for start in range(0, len(padded), 16):
-        term = _gf_multiply(term ^ int.from_bytes(padded[start:start + 16], "big"), h)
-    term = _gf_multiply(term, _gf_power(h, -(-ciphertext_size // 16) + 1))  # above the ciphertext and lengths
-    term ^= _gf_multiply((8 * len(aad)) << 64, h)  # the lengths block: len(A) was 0 without the AAD
-    return term.to_bytes(16, "big")
-
-
 class _Decryption:
     """Ciphertext pieces in, plaintext out to the sink; the padding or tag is checked by :meth:`finish`.
 
@@ -636,7 +593,10 @@ class _Decryption:
 
     def __init__(self, cipher: _ContentCipher, cek: bytes, iv: bytes, tag_length: int, sink: BinaryIO) -> None:
         self._cek = cek
+        self._iv = iv
         self._sink = sink
+        # only GCM with authenticated attributes reads the sink back (see _check_tag_with)
+        self._start = sink.tell() if cipher.gcm and getattr(sink, "seekable", lambda: False)() else None
         self._held = b""
         self.size = 0  # ciphertext bytes so far
         if cipher.gcm:
@@ -664,12 +624,39 @@ class _Decryption:
                 unpadder = padding.PKCS7(self._keep * 8).unpadder()
                 self._sink.write(unpadder.update(self._held) + unpadder.finalize())
                 return
-            if aad is not None:
-                term = _ghash_aad_term(self._cek, aad, self.size)
-                tag = bytes(a ^ b for a, b in zip(tag, term[: len(tag)], strict=True))
-            self._decryptor.finalize_with_tag(tag)
+            if aad is None:
+                self._decryptor.finalize_with_tag(tag)
+                return
+            self._check_tag_with(aad, tag)
         except (ValueError, InvalidTag):
             raise DecryptionFailed(_UNDECRYPTABLE) from None
+
+    def _check_tag_with(self, aad: bytes, tag: bytes) -> None:
+        """Check a GCM tag over authenticated attributes that arrived *after* the content.
+
+        A GCM decryptor wants its AAD first, but AuthEnvelopedData puts the attributes behind the
+        content. GCM's keystream does not depend on the AAD, so the plaintext already in the sink is
+        right; the tag is checked by encrypting that plaintext again with the same key, nonce and AAD
+        (which gives back the received ciphertext and its tag) and comparing tags in constant time.
+        The sink must therefore be readable and seekable, as a scratch file is.
+        """
+        if self._start is None:
+            raise Malformed("authenticated attributes in an AuthEnvelopedData need a seekable sink")
+        encryptor = Cipher(algorithms.AES(self._cek), modes.GCM(self._iv)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        end = self._sink.tell()
+        self._sink.seek(self._start)
+        remaining = end - self._start
+        while remaining:
+            piece = self._sink.read(min(remaining, _CHUNK))
+            if not piece:
+                raise DecryptionFailed(_UNDECRYPTABLE)
+            encryptor.update(piece)
+            remaining -= len(piece)
+        encryptor.finalize()
+        self._sink.seek(end)
+        if not hmac.compare_digest(encryptor.tag[: len(tag)], tag):
+            raise DecryptionFailed(_UNDECRYPTABLE)
 
 
 def decrypt_stream(
