@@ -173,7 +173,8 @@ class PostroomService(MultiService):
         return AS2Settings(as2_id=config.gateway.as2_id, hostname=config.gateway.hostname,
                            recipients=((decryption.key, decryption.certificate),),
                            max_decompressed=config.limits.max_decompressed_bytes, accept=self._accept,
-                           refuse=self._refuse, run_cpu=self.cpu.run, receipt_arrived=self.delivery.receipt_arrived)
+                           refuse=self._refuse, run_cpu=self.cpu.run, scratch=self.blobs.scratch,
+                           receipt_arrived=self.delivery.receipt_arrived)
 
     def _read_payload(self, message) -> Deferred:
         return self.io.run(thd_read_blob, self.blobs, message.sha256)

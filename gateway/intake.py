@@ -17,7 +17,6 @@ the door must answer "try again later", never a receipt.
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from datetime import datetime
-from pathlib import Path
 from typing import IO, Any
 
 import attrs
@@ -87,11 +86,6 @@ class _Refused:
     findings: tuple[Finding, ...]
 
 
-def _read(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read()
-
-
 def _looks_like_xml(data: bytes) -> bool:
     return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"
 
@@ -101,11 +95,14 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
     """Check the document, route it, and sign its acceptance receipt (CPU work, off the reactor)."""
     sender, policy = envelope.sender, envelope.sender.policy
     try:
-        data = _read(staged.path)
+        with staged.path.open("rb") as f:
+            head = f.read(4096)
+            # an opaque payload is never read whole: it may be far larger than memory should hold
+            data = head + f.read() if _looks_like_xml(head) or not policy.allow_opaque else None
     except OSError as e:
         raise IntakeUnavailable(f"cannot read the staged payload back: {e}") from e
     try:
-        if _looks_like_xml(data) or not policy.allow_opaque:
+        if data is not None:
             root = xmldoc.parse(data)
             result = xmldoc.verify_signature(
                 root, sender.certificates.get("sign", ()), cas=sender.cas.get("sign", ()),

@@ -8,16 +8,27 @@ policy, and computes the MIC over the exact received bytes of what was signed. E
 (:data:`DISPOSITION_ERRORS`). :func:`receipt_request` reads what kind of MDN the sender asked for.
 """
 
+import base64
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from typing import BinaryIO
 
 import attrs
 
 from certs.x509 import Certificate, PrivateKey
 from partners.policy import Policy
 from protocols.as2 import cms
-from protocols.as2.mime import Entity, Headers, MIMEError, parse_entity, split_multipart
+from protocols.as2.mime import (
+    Entity,
+    Headers,
+    MIMEError,
+    Region,
+    Scratch,
+    memory_scratch,
+    parse_entity,
+    split_multipart,
+)
 from protocols.findings import Finding
 
 AS2_DECRYPT = "AS2-DECRYPT"
@@ -39,6 +50,8 @@ DISPOSITION_ERRORS = {
 MAX_LAYERS = 6
 #: How many times compressed content may expand (XML invoices: 5 to 30; a zlib bomb: about 1000).
 MAX_RATIO = 250
+#: A detached signature larger than this is not a signature (certificates included).
+MAX_SIGNATURE_BYTES = 1 << 20
 
 _PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _PKCS7_SIGNATURE = ("application/pkcs7-signature", "application/x-pkcs7-signature")
@@ -74,7 +87,7 @@ class Security:
 class Unwrapped:
     """The payload and what protected it."""
 
-    payload: bytes = attrs.field(repr=False)
+    payload: Region  #: the payload, decoded (read it with ``payload.reader()`` or ``payload.read()``)
     content_type: str
     filename: str | None
     mic: str  #: base64 digest for ``Received-Content-MIC``
@@ -148,29 +161,35 @@ def as2_name(value: str | None) -> str | None:
 class _Peeled:
     """State while peeling layers."""
 
+    scratch: Scratch
     mic: str | None = None
     signed: bool = False
     encrypted: bool = False
     compressed: bool = False
     cipher: str | None = None
     signature_digest: str | None = None
-    decrypted_entity: bytes | None = None
+    decrypted_entity: Region | None = None
+
+    def sink(self) -> BinaryIO:
+        return self.scratch()
 
 
-def unwrap(headers: Headers, body: bytes, *, recipients: Sequence[tuple[PrivateKey, Certificate]],
+def unwrap(headers: Headers, body: bytes | Region, *, recipients: Sequence[tuple[PrivateKey, Certificate]],
            trusted: Sequence[Certificate], cas: Sequence[Certificate], security: Security, mic_digest: str,
-           max_decompressed: int, now: datetime, max_ratio: int = MAX_RATIO) -> Unwrapped:
+           max_decompressed: int, now: datetime, max_ratio: int = MAX_RATIO,
+           scratch: Scratch = memory_scratch) -> Unwrapped:
     """Peel every layer of one received message and check it against ``security``.
 
     :param headers: the HTTP headers (they are the outer entity's MIME headers).
-    :param body: the raw request body.
+    :param body: the raw request body (a region of the file it was spooled to, or bytes).
     :param recipients: the gateway's decryption key pairs (more than one during a key rollover).
     :param trusted: the partner's registered signing certificates; ``cas`` the CAs that issue them.
     :param mic_digest: the :mod:`cms` digest name for the MIC the receipt returns.
+    :param scratch: makes the temporary files each layer's output goes to (the spool's ``tmp/``).
     :raises AS2Refused: with the finding for the negative MDN.
     """
-    state = _Peeled()
-    entity = Entity(headers, body, 0)
+    state = _Peeled(scratch)
+    entity = Entity(headers, body if isinstance(body, Region) else Region.of_bytes(body))
     try:
         for _ in range(MAX_LAYERS):
             content_type = entity.content_type
@@ -206,22 +225,26 @@ def _refusal(error: "cms.CMSError", mic: str | None) -> AS2Refused:
 
 def _open_pkcs7(entity: Entity, state: _Peeled, *, recipients, trusted, cas, security: Security, mic_digest: str,
                 max_decompressed: int, max_ratio: int, now: datetime) -> Entity:
-    der = entity.decoded_body()
-    kind = cms.content_kind(der)
+    der = entity.decoded(state.scratch)
+    kind = cms.peek_kind(der.read(cms.PEEK_BYTES))
+    sink = state.sink()
     if kind in ("enveloped", "auth-enveloped"):
         if state.encrypted:
             raise AS2Refused(AS2_FORMAT, "The message is encrypted twice; encrypt once.", state.mic)
-        decrypted = cms.decrypt(der, recipients, ciphers=security.ciphers, key_transports=security.key_transports)
+        decrypted = cms.decrypt_stream(der.reader(), sink, recipients, ciphers=security.ciphers,
+                                       key_transports=security.key_transports)
         state.encrypted, state.cipher = True, decrypted.cipher
-        state.decrypted_entity = decrypted.content
-        return parse_entity(decrypted.content)
+        state.decrypted_entity = Region.of_file(sink)
+        return parse_entity(state.decrypted_entity)
     if kind == "compressed":
         state.compressed = True
-        return parse_entity(cms.decompress(der, max_size=max_decompressed, max_ratio=max_ratio))
+        cms.decompress_stream(der.reader(), sink, max_size=max_decompressed, max_ratio=max_ratio)
+        return parse_entity(Region.of_file(sink))
     if kind == "signed":
-        verified = cms.verify(der, content=None, trusted=trusted, cas=cas, digests=security.digests, now=now)
-        _signed(state, verified, mic_digest)
-        return parse_entity(verified.content)
+        verified = cms.verify_stream(der.reader(), sink, trusted=trusted, cas=cas, digests=security.digests, now=now)
+        content = Region.of_file(sink)
+        _signed(state, verified, content, mic_digest)
+        return parse_entity(content)
     raise AS2Refused(AS2_FORMAT, f"An application/pkcs7-mime part holds CMS {kind} content, which AS2 does not use.",
                      state.mic)
 
@@ -235,24 +258,40 @@ def _open_signed(entity: Entity, state: _Peeled, *, trusted, cas, security: Secu
     content, signature = parts[0], parse_entity(parts[1])
     if signature.content_type.mime_type not in _PKCS7_SIGNATURE:
         raise MIMEError(f"the signature part is {signature.content_type.mime_type}, not application/pkcs7-signature")
-    verified = cms.verify(signature.decoded_body(), content=content, trusted=trusted, cas=cas,
-                          digests=security.digests, now=now)
-    _signed(state, verified, mic_digest)
+    if signature.body.size > MAX_SIGNATURE_BYTES:
+        raise MIMEError(f"the signature part is larger than {MAX_SIGNATURE_BYTES} bytes")
+    digests: dict[str, bytes] = {}
+
+    def content_digest(name: str) -> bytes:
+        if name not in digests:
+            digests[name] = content.digest(name)
+        return digests[name]
+
+    if not state.signed:  # the MIC goes back even when the signature fails, so the sender can compare
+        state.mic = base64.b64encode(content_digest(mic_digest)).decode("ascii")
+    verified = cms.verify_digests(signature.decoded().read(), content_digest=content_digest, trusted=trusted,
+                                  cas=cas, digests=security.digests, now=now)
+    if not state.signed:
+        state.signed, state.signature_digest = True, verified.digest
     return parse_entity(content)
 
 
-def _signed(state: _Peeled, verified: "cms.Verified", mic_digest: str) -> None:
+def _signed(state: _Peeled, verified: "cms.Verified", content: Region, mic_digest: str) -> None:
     if state.signed:  # the MIC covers what the outermost signature signed
         return
     state.signed, state.signature_digest = True, verified.digest
-    state.mic = cms.mic(verified.content, mic_digest)
+    state.mic = _mic(content, mic_digest)
+
+
+def _mic(region: Region, digest: str) -> str:
+    return base64.b64encode(region.digest(digest)).decode("ascii")
 
 
 def _finish(entity: Entity, state: _Peeled, security: Security, mic_digest: str) -> Unwrapped:
-    payload = entity.decoded_body()
+    payload = entity.decoded(state.scratch)
     mic = state.mic
     if mic is None:  # RFC 4130 §7.3.1: the decrypted entity, or the bare content when neither layer was used
-        mic = cms.mic(state.decrypted_entity if state.encrypted else payload, mic_digest)
+        mic = _mic(state.decrypted_entity if state.decrypted_entity is not None else payload, mic_digest)
     if security.require_encryption and not state.encrypted:
         raise AS2Refused(AS2_SECURITY, "Your messages must be encrypted to our encryption certificate; this one "
                          "was not.", mic)
@@ -262,4 +301,3 @@ def _finish(entity: Entity, state: _Peeled, security: Security, mic_digest: str)
     return Unwrapped(payload=payload, content_type=entity.content_type.mime_type, filename=entity.filename(),
                      mic=mic, signed=state.signed, encrypted=state.encrypted, compressed=state.compressed,
                      cipher=state.cipher, signature_digest=state.signature_digest)
-

@@ -6,25 +6,121 @@ never parsed into ``email`` objects and written back (pyas2lib's MIC failures ag
 stacks come from doing that). Header *values* are read with ``email``'s parameter parser, which
 only reads. Senders vary: ``Content-Type:x`` without a space, folded lines, LF-only line ends, and
 upper- or lower-case names all appear in real traffic and all work here.
+
+Bodies are :class:`Region` objects — a byte range of a seekable file — so a 100 MB message is sliced,
+hashed and decoded in chunks, never held in memory whole; a small one is the same code over a
+``BytesIO``.
 """
 
 import base64
 import binascii
+import hashlib
+import io
 import quopri
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from email.message import Message as _ValueParser
+from typing import BinaryIO
 
 import attrs
 
 #: The most header bytes one entity may carry before the body starts.
 MAX_HEADER_BYTES = 64 * 1024
+#: Bytes read at a time from a region.
+CHUNK = 1 << 16
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class MIMEError(ValueError):
     """The bytes are not the MIME structure the sender's headers announce; the text says where."""
+
+
+Scratch = Callable[[], BinaryIO]
+
+
+def memory_scratch() -> BinaryIO:
+    """A scratch file in memory (for small messages and tests)."""
+    return io.BytesIO()
+
+
+@attrs.frozen
+class Region:
+    """Bytes ``[start, end)`` of a seekable file, read in chunks; the file is shared, so reads seek first."""
+
+    file: BinaryIO = attrs.field(repr=False)
+    start: int
+    end: int
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> "Region":
+        """A region over bytes in memory."""
+        return cls(io.BytesIO(data), 0, len(data))
+
+    @classmethod
+    def of_file(cls, file: BinaryIO) -> "Region":
+        """The whole of ``file``."""
+        return cls(file, 0, file.seek(0, io.SEEK_END))
+
+    @property
+    def size(self) -> int:
+        """Its length in bytes."""
+        return self.end - self.start
+
+    def sub(self, start: int, end: int | None = None) -> "Region":
+        """The part ``[start, end)`` of this region, offsets relative to it."""
+        return Region(self.file, self.start + start, self.end if end is None else self.start + end)
+
+    def read(self, limit: int | None = None) -> bytes:
+        """The bytes (or the first ``limit`` of them): for small parts only."""
+        self.file.seek(self.start)
+        return self.file.read(self.size if limit is None else min(limit, self.size))
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        """The bytes, ``size`` at a time."""
+        position = self.start
+        while position < self.end:
+            self.file.seek(position)
+            chunk = self.file.read(min(size, self.end - position))
+            if not chunk:
+                raise MIMEError("the message ended early (truncated file)")
+            position += len(chunk)
+            yield chunk
+
+    def digest(self, name: str) -> bytes:
+        """The ``hashlib`` digest ``name`` of the bytes."""
+        h = hashlib.new(name)
+        for chunk in self.chunks():
+            h.update(chunk)
+        return h.digest()
+
+    def reader(self) -> BinaryIO:
+        """A file object reading just this region (for streaming it onward)."""
+        return _RegionReader(self)
+
+    def copy_to(self, sink: BinaryIO) -> None:
+        """Write the bytes to ``sink``."""
+        for chunk in self.chunks():
+            sink.write(chunk)
+
+
+class _RegionReader(io.RawIOBase):
+    def __init__(self, region: Region):
+        super().__init__()
+        self._region = region
+        self._position = region.start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._position >= self._region.end:
+            return 0
+        self._region.file.seek(self._position)
+        data = self._region.file.read(min(len(buffer), self._region.end - self._position))
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 @attrs.frozen
@@ -58,25 +154,26 @@ class ContentType:
 
 @attrs.frozen
 class Entity:
-    """One MIME entity as received: its headers, and its raw bytes (``raw[body_start:]`` is the body)."""
+    """One MIME entity as received: its headers, and its body still in its transfer encoding."""
 
     headers: Headers
-    raw: bytes = attrs.field(repr=False)
-    body_start: int
-
-    @property
-    def body(self) -> bytes:
-        """The body bytes, still in their transfer encoding."""
-        return self.raw[self.body_start:]
+    body: Region
 
     @property
     def content_type(self) -> ContentType:
         """The parsed ``Content-Type`` (``text/plain`` when absent, as RFC 2045 says)."""
         return parse_content_type(self.headers.get("content-type") or "text/plain")
 
-    def decoded_body(self) -> bytes:
-        """The body with its ``Content-Transfer-Encoding`` undone."""
-        return decode(self.body, self.headers.get("content-transfer-encoding"))
+    def decoded(self, scratch: Scratch = memory_scratch) -> Region:
+        """The body with its ``Content-Transfer-Encoding`` undone (base64 decoded in chunks into ``scratch()``)."""
+        cte = (self.headers.get("content-transfer-encoding") or "binary").strip().lower()
+        if cte in ("binary", "8bit", "7bit"):
+            return self.body
+        if cte == "base64":
+            sink = scratch()
+            _decode_base64(self.body, sink)
+            return Region.of_file(sink)
+        return Region.of_bytes(decode(self.body.read(), cte))
 
     def filename(self) -> str | None:
         """The ``Content-Disposition`` file name, reduced to a base name."""
@@ -90,6 +187,20 @@ class Entity:
             return None
         name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
         return "".join(c for c in name if c.isprintable())[:255] or None
+
+
+def _decode_base64(body: Region, sink: BinaryIO) -> None:
+    pending = b""
+    try:
+        for chunk in body.chunks():
+            pending += re.sub(rb"\s+", b"", chunk)
+            whole = len(pending) - len(pending) % 4
+            sink.write(base64.b64decode(pending[:whole], validate=True))
+            pending = pending[whole:]
+        if pending:
+            raise binascii.Error(f"{len(pending)} characters left over at the end")
+    except (binascii.Error, ValueError) as e:
+        raise MIMEError(f"the base64 body does not decode: {e}") from e
 
 
 def _unfold(value: str) -> str:
@@ -126,10 +237,11 @@ def parse_headers(data: bytes) -> tuple[Headers, int]:
     return Headers(tuple(fields)), end.end()
 
 
-def parse_entity(data: bytes) -> Entity:
-    """An entity (headers + body) from its raw bytes."""
-    headers, start = parse_headers(data)
-    return Entity(headers, data, start)
+def parse_entity(data: bytes | Region) -> Entity:
+    """An entity (headers + body) from its raw bytes or a region of a file."""
+    region = data if isinstance(data, Region) else Region.of_bytes(data)
+    headers, start = parse_headers(region.read(MAX_HEADER_BYTES + 4))
+    return Entity(headers, region.sub(start))
 
 
 def parse_content_type(value: str) -> ContentType:
@@ -156,29 +268,58 @@ def decode(body: bytes, transfer_encoding: str | None) -> bytes:
     raise MIMEError(f"unknown Content-Transfer-Encoding {transfer_encoding!r}")
 
 
-def split_multipart(body: bytes, boundary: str) -> list[bytes]:
-    """The raw bytes of each body part between ``--boundary`` delimiters (RFC 2046 §5.1.1).
+def split_multipart(body: bytes | Region, boundary: str) -> list[Region]:
+    """Each body part between ``--boundary`` delimiters (RFC 2046 §5.1.1), as a region of the body.
 
-    The line break before a delimiter belongs to the delimiter, not to the part: the bytes returned
-    are exactly the bytes a signature over the part covers.
+    The line break before a delimiter belongs to the delimiter, not to the part: the bytes of a part
+    are exactly the bytes a signature over it covers. The body is scanned in chunks.
     """
     if not boundary or len(boundary) > 200:
         raise MIMEError("a multipart entity needs a boundary parameter of 1 to 200 characters")
-    marker = re.escape(b"--" + boundary.encode("latin-1"))
-    delimiter = re.compile(rb"(?:^|\r?\n)" + marker + rb"(--)?[ \t]*(?:\r?\n|$)")
-    parts: list[bytes] = []
+    region = body if isinstance(body, Region) else Region.of_bytes(body)
+    parts: list[Region] = []
     start: int | None = None
-    for match in delimiter.finditer(body):
+    for line_start, line_end, closing in _delimiters(region, b"--" + boundary.encode("latin-1")):
         if start is not None:
-            parts.append(body[start:match.start()])
-        if match.group(1):
+            parts.append(Region(region.file, start, line_start))
+        if closing:
             break
-        start = match.end()
+        start = line_end
     else:
         raise MIMEError(f"the multipart body has no closing delimiter --{boundary}--")
     if not parts:
         raise MIMEError("the multipart body has no parts")
     return parts
+
+
+_AFTER_MARKER = re.compile(rb"(--)?[ \t]{0,100}(\r?\n|$)")
+
+
+def _delimiters(region: Region, marker: bytes) -> Iterator[tuple[int, int, bool]]:
+    """``(start, end, closing)`` of each delimiter line, absolute offsets; ``start`` includes the line break before."""
+    for at in _occurrences(region, marker):
+        before = region.sub(max(0, at - region.start - 2), at - region.start).read() if at > region.start else b""
+        if at > region.start and not before.endswith(b"\n"):
+            continue  # not at the start of a line: content that merely contains the marker
+        after = Region(region.file, at + len(marker), min(region.end, at + len(marker) + 104)).read()
+        match = _AFTER_MARKER.match(after)
+        if match is None or (not match.group(2) and at + len(marker) + match.end() < region.end):
+            continue
+        start = at - (2 if before.endswith(b"\r\n") else 1 if before else 0)
+        yield start, at + len(marker) + match.end(), bool(match.group(1))
+
+
+def _occurrences(region: Region, needle: bytes) -> Iterator[int]:
+    """Absolute offsets of ``needle`` in the region, found chunk by chunk."""
+    carry, position = b"", region.start
+    for chunk in region.chunks():
+        window, base = carry + chunk, position - len(carry)
+        found = window.find(needle)
+        while found != -1:
+            yield base + found
+            found = window.find(needle, found + 1)
+        carry = window[-(len(needle) - 1):] if len(needle) > 1 else b""
+        position += len(chunk)
 
 
 def build_entity(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:

@@ -23,6 +23,7 @@ from protocols.as2.mime import (
     Entity,
     Headers,
     MIMEError,
+    Region,
     base64_lines,
     build_entity,
     parse_entity,
@@ -138,7 +139,7 @@ def build(payload: bytes, *, content_type: str, filename: str | None, options: S
         top = 'application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"'
     else:
         parsed = parse_entity(entity)
-        top, body = parsed.headers.get("content-type") or content_type, parsed.body
+        top, body = parsed.headers.get("content-type") or content_type, parsed.body.read()
     if not options.sign and not options.encrypt:
         mic = cms.mic(payload, options.digest)  # RFC 4130 §7.3.1: bare content when neither layer is used
     headers = [("AS2-Version", "1.2"), ("AS2-From", _quoted(as2_from)), ("AS2-To", _quoted(as2_to)),
@@ -208,7 +209,7 @@ def read_mdn(headers: Headers, body: bytes, *, trusted: Sequence[Certificate], c
 
     :raises MDNError: not an MDN, a bad or untrusted signature, or unsigned when a signature is required.
     """
-    entity = Entity(headers, body, 0)
+    entity = Entity(headers, Region.of_bytes(body))
     try:
         signed = False
         if entity.content_type.mime_type == "multipart/signed":
@@ -217,7 +218,7 @@ def read_mdn(headers: Headers, body: bytes, *, trusted: Sequence[Certificate], c
                 raise MDNError(f"a signed MDN has two parts, not {len(parts)}")
             signature = parse_entity(parts[1])
             try:
-                cms.verify(signature.decoded_body(), content=parts[0], trusted=trusted, cas=cas,
+                cms.verify(signature.decoded().read(), content=parts[0].read(), trusted=trusted, cas=cas,
                            digests=frozenset(cms.DIGESTS), now=now)
             except cms.CMSError as e:
                 raise MDNError(f"the MDN's signature does not verify: {e}") from e
@@ -237,9 +238,9 @@ def _report(entity: Entity, signed: bool) -> MDN:
     for raw in split_multipart(entity.body, content_type.param("boundary") or ""):
         part = parse_entity(raw)
         if part.content_type.mime_type == "message/disposition-notification":
-            fields = _notification(part.decoded_body())
+            fields = _notification(part.decoded().read())
         elif part.content_type.mime_type == "text/plain" and not text:
-            text = part.decoded_body().decode("utf-8", "replace")
+            text = part.decoded().read().decode("utf-8", "replace")
     if fields is None:
         raise MDNError("the MDN has no message/disposition-notification part")
     original = fields.get("original-message-id")

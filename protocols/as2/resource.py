@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 from certs.x509 import Certificate, PrivateKey
 from partners.directory import Partner
 from protocols.as2 import inbound, outbound
-from protocols.as2.mime import Headers
+from protocols.as2.mime import Headers, Region, Scratch, memory_scratch
 from protocols.envelope import Decision, Envelope, IntakeUnavailable
 from protocols.partner_auth import DirectorySource, Now, PartnerResource
 
@@ -39,6 +39,7 @@ class AS2Settings:
     accept: Callable[[Envelope, Any], Deferred]
     refuse: Callable[[Envelope, Sequence[Any], Any], Deferred]
     run_cpu: Callable[..., Deferred]
+    scratch: Scratch = attrs.field(default=memory_scratch, repr=False)  #: temporary files for unwrapped layers
     #: ``receipt_arrived(partner_id, original_id, disposition, status, mic) -> Deferred[str]``: an async MDN
     #: for one of our pushes (the delivery queue settles it)
     receipt_arrived: Callable[..., Deferred] | None = None
@@ -72,14 +73,13 @@ def thd_read_mdn(content: IO[bytes], headers: Headers, partner: Partner, now: da
 
 def thd_unwrap(content: IO[bytes], headers: Headers, partner: Partner, settings: AS2Settings, digest: str,
                now: datetime) -> inbound.Unwrapped | inbound.AS2Refused:
-    """Read the spooled body and peel it (CPU pool); a refusal is returned, not raised."""
-    content.seek(0)
-    body = content.read()
+    """Peel the spooled body (CPU pool), layer by layer through temporary files; a refusal is returned, not raised."""
     try:
         return inbound.unwrap(
-            headers, body, recipients=settings.recipients, trusted=partner.certificates.get("sign", ()),
-            cas=partner.cas.get("sign", ()), security=inbound.Security.of(partner.policy), mic_digest=digest,
-            max_decompressed=settings.max_decompressed, now=now)
+            headers, Region.of_file(content), recipients=settings.recipients,
+            trusted=partner.certificates.get("sign", ()), cas=partner.cas.get("sign", ()),
+            security=inbound.Security.of(partner.policy), mic_digest=digest,
+            max_decompressed=settings.max_decompressed, now=now, scratch=settings.scratch)
     except inbound.AS2Refused as refused:
         return refused
 
@@ -159,7 +159,7 @@ class AS2Resource(PartnerResource):
             request.content.seek(0)
             return self._settings.refuse(envelope, [result.finding], request.content)
         envelope = attrs.evolve(envelope, filename=result.filename, content_type=result.content_type, mic=result.mic)
-        return self._settings.accept(envelope, result.payload)
+        return self._settings.accept(envelope, result.payload.reader())
 
     def _answer(self, decision: Decision, request: IRequest, envelope: Envelope, wanted: inbound.ReceiptRequest,
                 as2_from: str) -> None:
