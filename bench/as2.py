@@ -158,11 +158,55 @@ def large(home: Home, work: Path, megabytes: int) -> dict:
             "rss_before_mb": round(before / 1024), "peak_rss_mb": round(peak / 1024)}
 
 
+def daemon_large(megabytes: int, work: Path) -> dict:
+    """One MB-sized opaque payload through a real daemon's /as2 (curl, signed + encrypted, sync MDN): its peak RSS."""
+    from tests.e2e.as2 import build, send
+    from tests.e2e.daemon import Daemon
+
+    home = Home(work / "daemon-home")
+    initialise(home, demo=True, key_bits=2048, listen=_ephemeral())
+    daemon = Daemon(home).start()
+    try:
+        daemon.cli("partner", "policy", "acme", "allow_opaque=true")
+        daemon.cli("route", "add", "--to", "globex", "--from", "acme", "--kind", "opaque")
+        time.sleep(3)  # the daemon polls the directory every 2 s
+        payload = bytes(range(256)) * (megabytes * 1_000_000 // 256)
+        entity = (b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n"
+                  b'Content-Disposition: attachment; filename="big.bin"\r\n\r\n' + payload)
+        built = build(home, b"", work, entity=entity)
+        del payload, entity
+        before = _vm_hwm(daemon.process.pid)
+        start = time.monotonic()
+        response = send(daemon, built, work)
+        took = time.monotonic() - start
+        disposition = next((line for line in response.body.split(b"\r\n") if line.startswith(b"Disposition:")), b"")
+        report = {"payload_mb": megabytes, "status": response.status,
+                  "mdn": disposition.decode().split(";")[-1].strip(),
+                  "wall_s": round(took, 1), "daemon_rss_before_mb": before // 1024,
+                  "daemon_peak_rss_mb": _vm_hwm(daemon.process.pid) // 1024}
+    finally:
+        daemon.stop()
+    return report
+
+
+def _vm_hwm(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def _ephemeral():
+    from gateway.config import ListenSection
+
+    return ListenSection(**{door: "tcp:0:interface=127.0.0.1" for door in ("as2", "portal", "sftp", "smtp", "metrics")})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.as2", description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=300, help="messages per round and side (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--large", type=int, default=0, metavar="MB", help="also read one MB-sized message")
+    parser.add_argument("--daemon-large", type=int, default=0, metavar="MB",
+                        help="also send one MB-sized message to a real daemon and report its peak RSS")
     parser.add_argument("--no-peer", action="store_true", help="skip pyas2lib (no network for its venv)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="postroom-bench-as2-") as tmp:
@@ -193,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  ratio      pyas2lib / postroom = {statistics.median(theirs) / statistics.median(ours):.1f}x")
         if args.large:
             print(f"  large      {large(home, work, args.large)}")
+        if args.daemon_large:
+            print(f"  daemon     {daemon_large(args.daemon_large, work)}")
         print(f"  (this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
 
 
