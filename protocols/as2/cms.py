@@ -12,8 +12,15 @@ message from a binary file and write its content to another in pieces, so memory
 plus the small parts (recipient infos, algorithm identifiers, certificates, signer infos) whatever the
 content size. A small BER reader (:class:`_Reader`) walks the framing, streams the content OCTET STRING
 (primitive, or constructed at any nesting) and hands only the small parts, as bytes, to ``asn1crypto``.
-:func:`decrypt`, :func:`verify` and :func:`decompress` are the same code over in-memory files. Nothing
-here does I/O beyond the file objects it is given.
+:func:`decrypt`, :func:`verify` and :func:`decompress` are the same code over in-memory files.
+
+Writing is streamed too: :func:`encrypt_stream` writes DER (every length is known before the content
+is read), :func:`compress_stream` writes BER with indefinite lengths (the compressed size is not), and
+:func:`sign_digest` signs content the caller hashed. The framing is written here (:func:`_framing`);
+only the small constant parts (OIDs, algorithm identifiers, a certificate's issuer and serial number)
+come from ``asn1crypto``, once each. :func:`encrypt` and :func:`sign` are the same code over bytes;
+:func:`compress` shares the zlib stream and the framing with :func:`compress_stream` but writes DER.
+Nothing here does I/O beyond the file objects it is given.
 
 Security notes: decryption failures all read the same (RSA v1.5 implicit rejection, padding, GCM tag);
 a signer is accepted only if it is one of the partner's certificates or directly issued by one of the
@@ -53,8 +60,8 @@ from certs.x509 import PrivateKey, check_issued_by, check_validity
 __all__ = [
     "CIPHERS", "DIGESTS", "KEY_TRANSPORTS", "PEEK_BYTES", "AlgorithmRefused", "CMSError", "DecompressionRefused",
     "Decrypted", "DecryptionFailed", "Malformed", "SignatureInvalid", "SignerNotTrusted", "Verified",
-    "compress", "content_kind", "decompress", "decompress_stream", "decrypt", "decrypt_stream", "encrypt", "mic",
-    "peek_kind", "sign", "verify", "verify_digests", "verify_stream",
+    "compress", "compress_stream", "content_kind", "decompress", "decompress_stream", "decrypt", "decrypt_stream",
+    "encrypt", "encrypt_stream", "mic", "peek_kind", "sign", "sign_digest", "verify", "verify_digests", "verify_stream",
 ]
 
 CIPHERS = ("3des", "aes128-cbc", "aes192-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
@@ -417,6 +424,85 @@ def _length_octets(size: int) -> bytes:
     return bytes((0x80 | len(octets),)) + octets
 
 
+# --- streamed DER and BER writing ---------------------------------------------------------------------
+
+_UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
+_VERSION_0, _VERSION_1 = b"\x02\x01\x00", b"\x02\x01\x01"
+#: End-of-contents octets: what closes an indefinite length.
+_EOC = b"\x00\x00"
+
+
+def _der(tag: int, *parts: bytes) -> bytes:
+    """One element with a definite length: ``tag`` (a single identifier octet) around the joined ``parts``."""
+    contents = b"".join(parts)
+    return bytes((tag,)) + _length_octets(len(contents)) + contents
+
+
+#: One constructed element around the streamed content: its tag, the encoding that starts its contents,
+#: and the size of the encoding the caller writes after the streamed content to end them.
+_Layer = tuple[int, bytes, int]
+
+
+def _framing(layers: Sequence[_Layer], size: int | None) -> tuple[bytes, bytes, int | None]:
+    """What surrounds ``size`` bytes of streamed content nested in ``layers`` (outermost first).
+
+    :returns: what to write before the content, what to write after it (and after each layer's own
+        closing encoding, which only DER layers have), and the size of the whole encoding (None when
+        unknown). With ``size`` None every layer has an indefinite length, a primitive tag becomes the
+        constructed one (the caller writes the chunks of the OCTET STRING) and what follows the content
+        is the end-of-contents octets.
+    """
+    prefix = []
+    if size is None:
+        for tag, before, after in layers:
+            if after:
+                raise ValueError("an indefinite-length layer is closed by its end-of-contents octets only")
+            prefix += (bytes((tag | 0x20, 0x80)), before)
+        return b"".join(prefix), _EOC * len(layers), None
+    total = size
+    for tag, before, after in reversed(layers):
+        contents = len(before) + total + after
+        header = bytes((tag,)) + _length_octets(contents)
+        prefix += (before, header)
+        total = len(header) + contents
+    return b"".join(reversed(prefix)), b"", total
+
+
+def _pieces_of(source: BinaryIO, size: int, chunk: int) -> Iterator[bytes]:
+    """Exactly ``size`` bytes of ``source``, in pieces of at most ``chunk`` bytes."""
+    remaining = size
+    while remaining:
+        piece = source.read(min(remaining, chunk))
+        if not piece:
+            raise ValueError(f"the source ended after {size - remaining} of the {size} bytes announced")
+        remaining -= len(piece)
+        yield piece
+
+
+@functools.cache
+def _content_type_der(name: str) -> bytes:
+    """The DER of a content type OID (asn1crypto's name), made once."""
+    return cms.ContentType(name).dump()
+
+
+@functools.cache
+def _attribute_type_der(name: str) -> bytes:
+    """The DER of a CMS attribute type OID (asn1crypto's name), made once."""
+    return cms.CMSAttributeType(name).dump()
+
+
+@functools.cache
+def _cipher_oid_der(name: str) -> bytes:
+    """The DER of a content encryption algorithm OID (asn1crypto's name), made once."""
+    return algos.EncryptionAlgorithmId(name).dump()
+
+
+@functools.lru_cache(maxsize=32)
+def _issuer_and_serial_der(cert: x509.Certificate) -> bytes:
+    """The DER IssuerAndSerialNumber naming ``cert``: its issuer's bytes as the certificate has them."""
+    return _issuer_and_serial(cert).dump()
+
+
 def _remaining(source: BinaryIO) -> int | None:
     """How many bytes ``source`` holds from where it stands, if it can tell."""
     try:
@@ -566,13 +652,6 @@ def _find_recipient(infos, recipients: Sequence[tuple[PrivateKey, x509.Certifica
             if info.name == "ktri" and _identifies(info.chosen["rid"], cert):
                 return info.chosen, key
     raise DecryptionFailed("the message is not encrypted for any of our certificates")
-
-
-def _pad(content: bytes, block: int) -> tuple[memoryview, bytes]:
-    """PKCS#7-pad only the last partial block: the whole blocks (a view, no copy) and the padded tail."""
-    cut = len(content) - len(content) % block
-    padder = padding.PKCS7(block * 8).padder()
-    return memoryview(content)[:cut], padder.update(content[cut:]) + padder.finalize()
 
 
 def _content_key(key, encrypted_key: bytes, key_padding, cipher: _ContentCipher) -> bytes:
@@ -766,27 +845,46 @@ def decrypt(
     return attrs.evolve(decrypted, content=sink.getvalue())
 
 
-def _key_encryption_algorithm(key_transport: str) -> cms.KeyEncryptionAlgorithm:
+@functools.cache
+def _key_encryption(key_transport: str) -> tuple[bytes, rsa_padding.AsymmetricPadding]:
+    """The DER KeyEncryptionAlgorithmIdentifier of a key transport and its padding, made once.
+
+    The padding is read back from the encoding, as a recipient reads it, so the two cannot disagree.
+    """
     if key_transport == "rsa-v1.5":
-        return cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
-    digest = key_transport.removeprefix("rsa-oaep-")
-    # Always explicit parameters: OpenSSL derives a garbage key when they are absent. For SHA-1 the
-    # DER of all-default parameters is the empty SEQUENCE.
-    params = algos.RSAESOAEPParams(
-        {"hash_algorithm": {"algorithm": digest},
-         "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": digest}}}
-    )
-    return cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": params})
+        algorithm = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
+    else:
+        digest = key_transport.removeprefix("rsa-oaep-")
+        # Always explicit parameters: OpenSSL derives a garbage key when they are absent. For SHA-1 the
+        # DER of all-default parameters is the empty SEQUENCE.
+        params = algos.RSAESOAEPParams(
+            {"hash_algorithm": {"algorithm": digest},
+             "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": digest}}}
+        )
+        algorithm = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": params})
+    der = algorithm.dump()
+    return der, _key_transport(cms.KeyEncryptionAlgorithm.load(der))[1]
 
 
-def encrypt(content: bytes, recipient: x509.Certificate, *, cipher: str = "aes256-cbc",
-            key_transport: str = "rsa-v1.5") -> bytes:
-    """Encrypt ``content`` for ``recipient``: DER EnvelopedData, or AuthEnvelopedData for GCM ciphers.
+#: The GCM tag written: 16 bytes, and its OCTET STRING.
+_GCM_TAG = 16
+_GCM_MAC_SIZE = 2 + _GCM_TAG
 
-    OAEP carries explicit RSAES-OAEP-params (hash and MGF1 with the same digest); GCM carries explicit
-    GCMParameters (12-byte nonce, 16-byte tag).
 
+def encrypt_stream(source: BinaryIO, size: int, sink: BinaryIO, recipient: x509.Certificate, *,
+                   cipher: str = "aes256-cbc", key_transport: str = "rsa-v1.5", chunk: int = _CHUNK) -> int:
+    """Encrypt ``size`` bytes read from ``source`` for ``recipient``, writing a DER ContentInfo to ``sink``.
+
+    EnvelopedData, or AuthEnvelopedData for GCM ciphers. OAEP carries explicit RSAES-OAEP-params (hash
+    and MGF1 with the same digest); GCM carries explicit GCMParameters (12-byte nonce, 16-byte tag).
+    Every length is known before the content is read (CBC pads to the next whole block, GCM adds
+    nothing but the tag after the content), so the output is DER, written as the content is encrypted
+    in pieces of at most ``chunk`` bytes: memory stays a few pieces whatever ``size``. Exactly ``size``
+    bytes are read; ``source`` may hold more. On any error the caller must discard what ``sink`` got.
+
+    :returns: the number of bytes written.
     :raises AlgorithmRefused: an unknown cipher or key transport, or a non-RSA certificate.
+    :raises ValueError: ``source`` ends before ``size`` bytes; a negative ``size``, a ``chunk`` under 1.
     """
     spec = _CONTENT_CIPHERS.get(cipher)
     if spec is None:
@@ -794,48 +892,146 @@ def encrypt(content: bytes, recipient: x509.Certificate, *, cipher: str = "aes25
     if key_transport not in KEY_TRANSPORTS:
         raise AlgorithmRefused(key_transport, "key transport algorithm", KEY_TRANSPORTS)
     public_key = _require_rsa(recipient.public_key(), "recipient key type")
+    if size < 0 or chunk < 1:
+        raise ValueError(f"size must be at least 0 bytes and chunk at least 1, not {size} and {chunk}")
     cek = os.urandom(spec.key_size)
     if spec.gcm:
         nonce = os.urandom(12)
+        params = _der(_SEQUENCE, _der(_OCTETS, nonce), _der(_INTEGER, bytes((_GCM_TAG,))))
         encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
-        params = _GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})
-        ciphertext = encryptor.update(content)
-        encryptor.finalize()
+        padder = None
+        encrypted_size, after = size, _GCM_MAC_SIZE
     else:
-        params = os.urandom(spec.block)
-        encryptor = Cipher(spec.family(cek), modes.CBC(params)).encryptor()
-        whole, tail = _pad(content, spec.block)
-        ciphertext = b"".join((encryptor.update(whole), encryptor.update(tail), encryptor.finalize()))
-    key_algorithm = _key_encryption_algorithm(key_transport)
-    recipient_info = cms.RecipientInfo(
-        name="ktri",
-        value={
-            "version": "v0",
-            "rid": {"issuer_and_serial_number": _issuer_and_serial(recipient)},
-            "key_encryption_algorithm": key_algorithm,
-            "encrypted_key": public_key.encrypt(cek, _key_transport(key_algorithm)[1]),
-        },
+        iv = os.urandom(spec.block)
+        params = _der(_OCTETS, iv)
+        encryptor = Cipher(spec.family(cek), modes.CBC(iv)).encryptor()
+        padder = padding.PKCS7(spec.family.block_size).padder()
+        encrypted_size, after = size + spec.block - size % spec.block, 0
+    key_algorithm, key_padding = _key_encryption(key_transport)
+    recipient_info = _der(_SEQUENCE, _VERSION_0, _issuer_and_serial_der(recipient), key_algorithm,
+                          _der(_OCTETS, public_key.encrypt(cek, key_padding)))
+    content_encryption = _der(_SEQUENCE, _cipher_oid_der(spec.oid), params)
+    prefix, _, total = _framing(
+        [
+            (_SEQUENCE, _content_type_der("authenticated_enveloped_data" if spec.gcm else "enveloped_data"), 0),
+            (_CONTEXT_0, b"", 0),
+            (_SEQUENCE, _VERSION_0 + _der(_SET, recipient_info), after),  # [Auth]EnvelopedData
+            (_SEQUENCE, _content_type_der("data") + content_encryption, 0),  # [Auth]EncryptedContentInfo
+            (_IMPLICIT_OCTETS_0, b"", 0),  # encryptedContent
+        ],
+        encrypted_size,
     )
-    info = {
-        "content_type": "data",
-        "content_encryption_algorithm": {"algorithm": spec.oid, "parameters": params},
-        "encrypted_content": ciphertext,
-    }
+    sink.write(prefix)
+    written = 0
+    for piece in _pieces_of(source, size, chunk):
+        out = encryptor.update(piece if padder is None else padder.update(piece))
+        sink.write(out)
+        written += len(out)
+    out = encryptor.update(padder.finalize()) + encryptor.finalize() if padder else encryptor.finalize()
+    sink.write(out)
+    written += len(out)
+    if written != encrypted_size:  # cannot happen: the lengths above were written for encrypted_size
+        raise RuntimeError(f"{written} bytes encrypted where {encrypted_size} were framed")
     if spec.gcm:
-        envelope = cms.AuthEnvelopedData(
-            {"version": "v0", "recipient_infos": [recipient_info], "auth_encrypted_content_info": info,
-             "mac": encryptor.tag}
-        )
-        content_type = "authenticated_enveloped_data"
-    else:
-        envelope = cms.EnvelopedData(
-            {"version": "v0", "recipient_infos": [recipient_info], "encrypted_content_info": info}
-        )
-        content_type = "enveloped_data"
-    return cms.ContentInfo({"content_type": content_type, "content": envelope}).dump()
+        sink.write(_der(_OCTETS, encryptor.tag))
+    return total
+
+
+def encrypt(content: bytes, recipient: x509.Certificate, *, cipher: str = "aes256-cbc",
+            key_transport: str = "rsa-v1.5") -> bytes:
+    """Encrypt ``content`` for ``recipient``: DER EnvelopedData, or AuthEnvelopedData for GCM ciphers.
+
+    :func:`encrypt_stream` over bytes: the same algorithms, encodings and errors.
+    """
+    sink = io.BytesIO()
+    encrypt_stream(io.BytesIO(content), len(content), sink, recipient, cipher=cipher, key_transport=key_transport,
+                   chunk=max(len(content), 1))
+    return sink.getvalue()
 
 
 # --- signatures ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _digest_algorithm_der(digest: str) -> bytes:
+    """The DER DigestAlgorithmIdentifier of a digest, made once."""
+    return algos.DigestAlgorithm({"algorithm": digest}).dump()
+
+
+@functools.cache
+def _signature_algorithm(digest: str, pss: bool) -> tuple[bytes, rsa_padding.AsymmetricPadding]:
+    """The DER SignatureAlgorithmIdentifier and the padding of an RSA signature with ``digest``, made once.
+
+    PSS carries explicit RSASSA-PSS-params: salt length = digest length, MGF1 with the same digest.
+    """
+    if not pss:
+        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}).dump(), rsa_padding.PKCS1v15()
+    algorithm = _HASHES[digest]()
+    params = {"hash_algorithm": {"algorithm": digest},
+              "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": digest}},
+              "salt_length": algorithm.digest_size}
+    der = algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": algos.RSASSAPSSParams(params)}).dump()
+    return der, rsa_padding.PSS(rsa_padding.MGF1(algorithm), algorithm.digest_size)
+
+
+def _signed_attributes(content_digest: bytes, now: datetime) -> bytes:
+    """The DER SET of the signed attributes: content-type data, signing-time ``now``, message-digest.
+
+    A SET OF is DER only with its elements sorted by their encodings. The signing time is a UTCTime
+    from 1950 to 2049 and a GeneralizedTime otherwise (RFC 5652 §11.3), in whole seconds.
+    """
+    if 1950 <= now.year < 2050:
+        time = _der(_UTC_TIME, now.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    else:
+        time = _der(_GENERALIZED_TIME, now.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    attributes = (
+        _der(_SEQUENCE, _attribute_type_der("content_type"), _der(_SET, _content_type_der("data"))),
+        _der(_SEQUENCE, _attribute_type_der("signing_time"), _der(_SET, time)),
+        _der(_SEQUENCE, _attribute_type_der("message_digest"), _der(_SET, _der(_OCTETS, content_digest))),
+    )
+    return _der(_SET, *sorted(attributes))
+
+
+def _signed_data(content_digest: bytes, key: PrivateKey, certificate: x509.Certificate, digest: str, pss: bool,
+                 chain: Sequence[x509.Certificate], content: bytes | None) -> bytes:
+    """A DER SignedData over content whose ``digest`` is ``content_digest``, carrying ``content`` unless None.
+
+    The one implementation behind :func:`sign` and :func:`sign_digest`.
+    """
+    algorithm = _hash(digest, DIGESTS)
+    _require_rsa(key, "signing key type")
+    if len(content_digest) != algorithm.digest_size:
+        raise ValueError(f"a {digest} digest is {algorithm.digest_size} bytes, not {len(content_digest)}")
+    signed_attrs = _signed_attributes(content_digest, datetime.now(UTC))
+    signature_algorithm, signature_padding = _signature_algorithm(digest, pss)
+    signature = key.sign(signed_attrs, signature_padding, algorithm)
+    digest_algorithm = _digest_algorithm_der(digest)
+    signer_info = _der(
+        _SEQUENCE, _VERSION_1, _issuer_and_serial_der(certificate), digest_algorithm,
+        bytes((_CONTEXT_0,)) + signed_attrs[1:],  # [0] IMPLICIT: the same length and contents
+        signature_algorithm, _der(_OCTETS, signature),
+    )
+    encapsulated = [_content_type_der("data")]
+    if content is not None:
+        encapsulated.append(_der(_CONTEXT_0, _der(_OCTETS, content)))
+    certificates = sorted(c.public_bytes(serialization.Encoding.DER) for c in (certificate, *chain))  # a SET OF
+    signed = _der(
+        _SEQUENCE, _VERSION_1, _der(_SET, digest_algorithm), _der(_SEQUENCE, *encapsulated),
+        _der(_CONTEXT_0, *certificates), _der(_SET, signer_info),
+    )
+    return _der(_SEQUENCE, _content_type_der("signed_data"), _der(_CONTEXT_0, signed))
+
+
+def sign_digest(content_digest: bytes, key: PrivateKey, certificate: x509.Certificate, *, digest: str = "sha256",
+                pss: bool = False, chain: Sequence[x509.Certificate] = ()) -> bytes:
+    """A detached DER SignedData for content the caller hashed with ``digest``: as :func:`sign` with
+    ``detached=True``, for content too large to hold (hash it while it streams).
+
+    :param content_digest: the ``digest`` of the exact bytes signed.
+    :raises AlgorithmRefused: an unknown digest or a non-RSA key.
+    :raises ValueError: ``content_digest`` is not as long as a ``digest`` digest.
+    """
+    return _signed_data(content_digest, key, certificate, digest, pss, chain, None)
 
 
 def sign(content: bytes, key: PrivateKey, certificate: x509.Certificate, *, digest: str = "sha256",
@@ -848,48 +1044,8 @@ def sign(content: bytes, key: PrivateKey, certificate: x509.Certificate, *, dige
     :param detached: leave the content out (AS2 multipart/signed) or encapsulate it.
     :raises AlgorithmRefused: an unknown digest or a non-RSA key.
     """
-    algorithm = _hash(digest, DIGESTS)
-    _require_rsa(key, "signing key type")
-    signed_attrs = cms.CMSAttributes(
-        [
-            {"type": "content_type", "values": ["data"]},
-            {"type": "signing_time", "values": [cms.Time({"utc_time": datetime.now(UTC)})]},
-            {"type": "message_digest", "values": [_digest(algorithm, content)]},
-        ]
-    )
-    if pss:
-        signature_padding = rsa_padding.PSS(rsa_padding.MGF1(algorithm), algorithm.digest_size)
-        mgf = {"algorithm": "mgf1", "parameters": {"algorithm": digest}}
-        params = {"hash_algorithm": {"algorithm": digest}, "mask_gen_algorithm": mgf,
-                  "salt_length": algorithm.digest_size}
-        signature_algorithm = {"algorithm": "rsassa_pss", "parameters": algos.RSASSAPSSParams(params)}
-    else:
-        signature_padding = rsa_padding.PKCS1v15()
-        signature_algorithm = {"algorithm": "rsassa_pkcs1v15"}
-    signature = key.sign(signed_attrs.dump(), signature_padding, algorithm)
-    signer_info = {
-        "version": "v1",
-        "sid": {"issuer_and_serial_number": _issuer_and_serial(certificate)},
-        "digest_algorithm": {"algorithm": digest},
-        "signed_attrs": signed_attrs,
-        "signature_algorithm": signature_algorithm,
-        "signature": signature,
-    }
-    encapsulated = {"content_type": "data"}
-    if not detached:
-        encapsulated["content"] = content
-    signed = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [{"algorithm": digest}],
-            "encap_content_info": encapsulated,
-            "certificates": [
-                asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in (certificate, *chain)
-            ],
-            "signer_infos": [signer_info],
-        }
-    )
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    content_digest = _digest(_hash(digest, DIGESTS), content)
+    return _signed_data(content_digest, key, certificate, digest, pss, chain, None if detached else content)
 
 
 def _single_attribute(attributes, name: str):
@@ -1147,18 +1303,62 @@ def verify(
 # --- compression and MIC ------------------------------------------------------------------------------
 
 
-def compress(content: bytes) -> bytes:
-    """RFC 3274 CompressedData (zlib) around ``content``, DER."""
-    compressed = cms.CompressedData(
-        {
-            "version": "v0",
-            "compression_algorithm": {"algorithm": "zlib"},
-            "encap_content_info": {"content_type": "data", "content": zlib.compress(content)},
-        }
+@functools.cache
+def _compressed_layers() -> tuple[_Layer, ...]:
+    """The elements around the zlib stream of a CompressedData, outermost first, made once."""
+    zlib_algorithm = cms.CompressionAlgorithm({"algorithm": "zlib"}).dump()
+    return (
+        (_SEQUENCE, _content_type_der("compressed_data"), 0),  # ContentInfo
+        (_CONTEXT_0, b"", 0),
+        (_SEQUENCE, _VERSION_0 + zlib_algorithm, 0),  # CompressedData
+        (_SEQUENCE, _content_type_der("data"), 0),  # EncapsulatedContentInfo
+        (_CONTEXT_0, b"", 0),
+        (_OCTETS, b"", 0),  # eContent: the zlib stream
     )
-    return cms.ContentInfo({"content_type": "compressed_data", "content": compressed}).dump()
 
 
+def _deflated(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """The zlib stream of the joined ``pieces``, in the pieces zlib hands out (none empty)."""
+    compressor = zlib.compressobj()
+    for piece in pieces:
+        if out := compressor.compress(piece):
+            yield out
+    yield compressor.flush()
+
+
+def compress_stream(source: BinaryIO, sink: BinaryIO, *, chunk: int = _CHUNK) -> int:
+    """Write an RFC 3274 CompressedData (zlib) of everything read from ``source`` to ``sink``.
+
+    The compressed size is known only at the end, so the framing is BER with indefinite lengths and
+    the zlib stream goes in a constructed OCTET STRING, one chunk per piece zlib hands out, as
+    ``openssl cms -compress -stream`` writes it. ``source`` (a blocking binary file) is read to its end
+    in pieces of at most ``chunk`` bytes, so memory stays a few pieces whatever the content size. On
+    any error the caller must discard what ``sink`` got.
+
+    :returns: the number of bytes written.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of bytes, not {chunk}")
+    prefix, suffix, _ = _framing(_compressed_layers(), None)
+    sink.write(prefix)
+    written = len(prefix) + len(suffix)
+    for out in _deflated(iter(functools.partial(source.read, chunk), b"")):
+        octets = _der(_OCTETS, out)
+        sink.write(octets)
+        written += len(octets)
+    sink.write(suffix)
+    return written
+
+
+def compress(content: bytes) -> bytes:
+    """RFC 3274 CompressedData (zlib) around ``content``, DER.
+
+    The zlib stream and the framing of :func:`compress_stream`, with definite lengths: the compressed
+    size is known before anything is written.
+    """
+    compressed = b"".join(_deflated(iter((content,))))
+    prefix, suffix, _ = _framing(_compressed_layers(), len(compressed))
+    return prefix + compressed + suffix
 
 
 class _Inflation:

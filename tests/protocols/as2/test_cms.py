@@ -1054,6 +1054,185 @@ def test_decompress_stream_of_64_mb_holds_a_few_pieces(big, tmp_path):
     assert peak < STREAM_PEAK, f"{peak} bytes traced"
 
 
+# --- streaming writers -------------------------------------------------------------------------------
+
+
+#: Content sizes for the writers: empty, one byte, around a cipher block, and about a megabyte (odd).
+WRITE_SIZES = [0, 1, 15, 16, 17, 1_000_003]
+
+
+@pytest.fixture(scope="module")
+def megabyte() -> bytes:
+    """A little over a megabyte of random bytes; the writers' content is a prefix of it."""
+    return random.Random(3274).randbytes(max(WRITE_SIZES))
+
+
+@pytest.mark.parametrize("size", WRITE_SIZES)
+@pytest.mark.parametrize("transport", cms.KEY_TRANSPORTS)
+@pytest.mark.parametrize("cipher", cms.CIPHERS)
+def test_openssl_decrypts_encrypt_stream(openssl, gateway, megabyte, cipher, transport, size):
+    """``encrypt_stream`` from a pipe-like source, in odd pieces, writes DER that ``openssl cms -decrypt``
+    turns back into the exact content, for every cipher, key transport and size; and so do we."""
+    key, cert = gateway
+    content = megabyte[:size]
+    sink = io.BytesIO()
+    written = cms.encrypt_stream(Trickle(content), size, sink, cert, cipher=cipher, key_transport=transport,
+                                 chunk=CHUNK)
+    der = sink.getvalue()
+    assert written == len(der)
+    assert der[:2] != b"\x30\x80"  # definite lengths
+    result = openssl.decrypt(der, key, cert)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == content
+    assert cms.decrypt(der, [gateway]) == cms.Decrypted(content, cipher, transport)
+
+
+def test_encrypt_stream_reads_exactly_size_bytes(gateway):
+    """Only ``size`` bytes are read, whatever follows in the source; a source that ends early is an error."""
+    source = io.BytesIO(PAYLOAD)
+    sink = io.BytesIO()
+    cms.encrypt_stream(source, 5000, sink, gateway[1], cipher="aes128-gcm", chunk=CHUNK)
+    assert source.tell() == 5000
+    assert cms.decrypt(sink.getvalue(), [gateway]).content == PAYLOAD[:5000]
+    with pytest.raises(ValueError, match="ended after 10000 of the 10001 bytes"):
+        cms.encrypt_stream(io.BytesIO(PAYLOAD), len(PAYLOAD) + 1, io.BytesIO(), gateway[1])
+    with pytest.raises(ValueError, match="chunk"):
+        cms.encrypt_stream(io.BytesIO(PAYLOAD), 10, io.BytesIO(), gateway[1], chunk=0)
+
+
+def test_encrypt_stream_refuses_unknown_algorithms_before_writing(gateway, ec_signer):
+    """An unknown cipher or key transport, or a non-RSA certificate, is refused with nothing written."""
+    for options, cert in (({"cipher": "rc2"}, gateway[1]), ({"key_transport": "rsa-oaep-md5"}, gateway[1]),
+                          ({}, ec_signer[1])):
+        sink = io.BytesIO()
+        with pytest.raises(cms.AlgorithmRefused):
+            cms.encrypt_stream(io.BytesIO(PAYLOAD), len(PAYLOAD), sink, cert, **options)
+        assert sink.getvalue() == b""
+
+
+@given(content=st.binary(max_size=600), cipher=st.sampled_from(cms.CIPHERS), chunk=st.integers(1, 64),
+       step=st.integers(1, 70))
+def test_encrypt_stream_round_trip(gateway, content, cipher, chunk, step):
+    """Any content through encrypt_stream in any pieces, from a source handing out any pieces, decrypts back."""
+    sink = io.BytesIO()
+    assert cms.encrypt_stream(Trickle(content, step), len(content), sink, gateway[1], cipher=cipher,
+                              chunk=chunk) == len(sink.getvalue())
+    assert cms.decrypt(sink.getvalue(), [gateway]).content == content
+
+
+class FrozenClock(datetime):
+    """``datetime`` whose ``now`` is :attr:`at`: two signatures made with it differ only where the key's
+    randomness (PSS) makes them."""
+
+    at = datetime(2026, 11, 23, 13, 5, 7, 123456, tzinfo=UTC)
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls.at
+
+
+@pytest.mark.parametrize("pss", [False, True], ids=["v1.5", "pss"])
+@pytest.mark.parametrize("digest", cms.DIGESTS)
+def test_openssl_verifies_sign_digest(openssl, dev_ca, partner, now, digest, pss):
+    """A detached signature over a digest the caller computed passes ``openssl cms -verify -content`` and
+    our verify_digests and verify, for every digest and padding."""
+    key, cert = partner
+    der = cms.sign_digest(hashlib.new(digest, PAYLOAD).digest(), key, cert, digest=digest, pss=pss)
+    result = openssl.verify(der, dev_ca.certificate, PAYLOAD)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == PAYLOAD
+    verified = cms.verify_digests(der, content_digest=lambda name: hashlib.new(name, PAYLOAD).digest(),
+                                  trusted=[cert], digests=ALL_DIGESTS, now=now)
+    assert verified == cms.Verified(cert, digest, pss, b"")
+    assert cms.verify(der, content=PAYLOAD, trusted=[cert], digests=ALL_DIGESTS, now=now) == cms.Verified(
+        cert, digest, pss, PAYLOAD)
+    with pytest.raises(cms.SignatureInvalid, match="message digest does not match"):
+        cms.verify(der, content=_flip(PAYLOAD, 1), trusted=[cert], digests=ALL_DIGESTS, now=now)
+
+
+@pytest.mark.parametrize("digest", ["sha1", "sha256", "sha512"])
+def test_sign_digest_is_sign_detached(monkeypatch, dev_ca, partner, digest):
+    """At the same signing time, sign_digest and sign(detached=True) write the same bytes, chain included."""
+    monkeypatch.setattr(cms, "datetime", FrozenClock)
+    chain = [dev_ca.certificate]
+    assert cms.sign_digest(hashlib.new(digest, PAYLOAD).digest(), *partner, digest=digest, chain=chain) == cms.sign(
+        PAYLOAD, *partner, digest=digest, detached=True, chain=chain)
+
+
+def test_sign_digest_refusals(partner, ec_signer):
+    """A digest of the wrong length is a programming error; unknown digests and non-RSA keys are refused."""
+    with pytest.raises(ValueError, match="a sha256 digest is 32 bytes, not 20"):
+        cms.sign_digest(bytes(20), *partner)
+    with pytest.raises(cms.AlgorithmRefused, match="md5"):
+        cms.sign_digest(bytes(16), *partner, digest="md5")
+    with pytest.raises(cms.AlgorithmRefused, match="signing key type ec is refused"):
+        cms.sign_digest(bytes(32), *ec_signer)
+
+
+def test_signing_time_after_2049_is_generalized_time(monkeypatch, openssl, dev_ca, partner):
+    """From 2050 the signing time is a GeneralizedTime (RFC 5652 §11.3), and OpenSSL still verifies."""
+    monkeypatch.setattr(FrozenClock, "at", datetime(2051, 1, 2, 3, 4, 5, tzinfo=UTC))
+    monkeypatch.setattr(cms, "datetime", FrozenClock)
+    der = cms.sign_digest(hashlib.sha256(PAYLOAD).digest(), *partner)
+    printed = openssl.run("-cmsout", "-print", "-inform", "DER", "-in", openssl.file(der)).stdout
+    assert b"GENERALIZEDTIME:Jan  2 03:04:05 2051 GMT" in printed
+    assert openssl.verify(der, dev_ca.certificate, PAYLOAD).returncode == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 1 << 20])
+def test_compress_stream_round_trip(megabyte, via, size):
+    """compress_stream writes BER (indefinite lengths, chunked eContent) that decompress_stream, decompress
+    and asn1crypto (pyas2lib's reader) all inflate to the exact content."""
+    content = megabyte[:size]
+    sink = io.BytesIO()
+    assert cms.compress_stream(Trickle(content), sink, chunk=CHUNK) == len(sink.getvalue())
+    ber = sink.getvalue()
+    assert ber[:2] == b"\x30\x80"
+    assert cms.content_kind(ber) == cms.peek_kind(ber[:cms.PEEK_BYTES]) == "compressed"
+    assert via.decompress(ber, max_size=max(size, 1), max_ratio=10) == content
+    assert vectors.asn1crypto_decompressed(ber) == content
+    assert vectors.asn1crypto_decompressed(cms.compress(content)) == content
+
+
+def test_compress_is_der_with_the_same_zlib_stream():
+    """compress keeps DER (definite lengths) around the zlib stream compress_stream chunks."""
+    der = cms.compress(PAYLOAD)
+    assert vectors.children(der)[0] == vectors.oid(vectors.COMPRESSED_DATA)
+    assert zlib.compress(PAYLOAD) in der
+    sink = io.BytesIO()
+    cms.compress_stream(io.BytesIO(PAYLOAD), sink)
+    assert cms.decompress(sink.getvalue(), max_size=len(PAYLOAD), max_ratio=10) == PAYLOAD
+
+
+@pytest.mark.parametrize("cipher", ["aes256-cbc", "aes128-gcm"])
+def test_encrypt_stream_of_64_mb_holds_a_few_pieces(big, tmp_path, gateway, cipher):
+    """64 MB encrypted from a file to a file traces a few pieces at most and decrypts to the exact content."""
+    content, sha256 = big
+    enveloped = tmp_path / "enveloped"
+    written = []
+    with content.open("rb") as source, enveloped.open("wb") as sink:
+        peak = _peak_while(lambda: written.append(cms.encrypt_stream(source, BIG, sink, gateway[1], cipher=cipher)))
+    assert written == [enveloped.stat().st_size]
+    assert peak < STREAM_PEAK, f"{peak} bytes traced"
+    decrypted, sink, _ = _stream_big(cms.decrypt_stream, enveloped, [gateway])
+    assert decrypted == cms.Decrypted(b"", cipher, "rsa-v1.5")
+    assert (sink.size, sink.sha256.hexdigest()) == (BIG, sha256)
+
+
+def test_compress_stream_of_64_mb_holds_a_few_pieces(big, tmp_path):
+    """64 MB compressed from a file to a file traces a few pieces at most and inflates to the exact content."""
+    content, sha256 = big
+    compressed = tmp_path / "compressed"
+    written = []
+    with content.open("rb") as source, compressed.open("wb") as sink:
+        peak = _peak_while(lambda: written.append(cms.compress_stream(source, sink)))
+    assert written == [compressed.stat().st_size]
+    assert peak < STREAM_PEAK, f"{peak} bytes traced"
+    inflated, sink, _ = _stream_big(cms.decompress_stream, compressed, max_size=BIG, max_ratio=10)
+    assert inflated == sink.size == BIG
+    assert sink.sha256.hexdigest() == sha256
+
+
 # --- properties --------------------------------------------------------------------------------------
 
 

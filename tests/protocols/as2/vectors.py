@@ -7,6 +7,7 @@ not import asn1crypto, which stays behind :mod:`protocols.as2.cms`.
 
 import io
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import BinaryIO
@@ -231,3 +232,25 @@ def compressed(content: bytes, *, piece: int = 4096) -> bytes:
     out = io.BytesIO()
     write_compressed(io.BytesIO(content), out, piece=piece)
     return out.getvalue()
+
+
+#: Run by :func:`asn1crypto_decompressed` in a child process: what pyas2lib's ``decompress_message`` does.
+_ASN1CRYPTO_DECOMPRESS = """
+import sys
+from asn1crypto import cms
+info = cms.ContentInfo.load(sys.stdin.buffer.read())
+assert info["content_type"].native == "compressed_data", info["content_type"].native
+sys.stdout.buffer.write(info["content"].decompressed)
+"""
+
+
+def asn1crypto_decompressed(der: bytes) -> bytes:
+    """The content of a CompressedData as asn1crypto (pyas2lib's reader) parses and inflates it.
+
+    In a child process: these tests do not import asn1crypto themselves.
+    """
+    result = subprocess.run([sys.executable, "-c", _ASN1CRYPTO_DECOMPRESS], input=der, capture_output=True,
+                            timeout=60)
+    if result.returncode != 0:
+        raise AssertionError(f"asn1crypto cannot read the CompressedData: {result.stderr.decode(errors='replace')}")
+    return result.stdout
