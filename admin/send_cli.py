@@ -7,6 +7,7 @@ in the foreground; nothing is stored in the spool, and the attempt is in the aud
 """
 
 import mimetypes
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from admin.output import emit_json, emit_record
 from certs.x509 import load_key_and_certificate, read_file
 from partners.directory import load_directory
 from protocols.as2.client import Poster
+from protocols.as2.mime import Region
 from protocols.as2.outbound import SendOptions
 from protocols.as2.push import AS2Push, Identity
 from protocols.envelope import DeliveryFailed
@@ -47,10 +49,10 @@ def send(c: Context, partner_id: str, content_type: str | None, file: Path, as_j
                                    read_file(home.resolve(config.tls.certificate)))
     sign = load_key_and_certificate(read_file(home.resolve(config.identity.sign_private_key)),
                                     read_file(home.resolve(config.identity.sign_certificate)))
-    payload = file.read_bytes()
+    size = file.stat().st_size
     now = datetime.now(UTC)
     message = Message(id=new_id(now), received_at=now, sender_id="-", recipient_id=partner_id, channel="as2",
-                      sha256="", size=len(payload), kind="opaque", signed=False, route="cli", state="accepted",
+                      sha256="", size=size, kind="opaque", signed=False, route="cli", state="accepted",
                       updated_at=now, filename=file.name,
                       content_type=content_type or mimetypes.guess_type(file.name)[0] or "application/octet-stream")
     delivery = Delivery(id=0, message_id=message.id, recipient_id=partner_id, target="as2", state="claimed",
@@ -60,7 +62,8 @@ def send(c: Context, partner_id: str, content_type: str | None, file: Path, as_j
     async def main(reactor) -> None:
         poster = Poster(reactor, tls)
         identity = Identity(config.gateway.as2_id, config.gateway.hostname, sign.key, sign.certificate, lambda: None)
-        pusher = AS2Push(poster, identity, lambda m: succeed(payload), maybeDeferred, lambda: datetime.now(UTC))
+        pusher = AS2Push(poster, identity, lambda m: succeed(Region.of_file(file.open("rb"))), maybeDeferred,
+                         lambda: datetime.now(UTC), tempfile.TemporaryFile)
         try:
             pushed = await pusher.push(message, delivery, partner)
             outcome.update(outcome="sent", message_id=pushed.remote_id, mic=pushed.mic, mdn=pushed.detail)
@@ -74,7 +77,9 @@ def send(c: Context, partner_id: str, content_type: str | None, file: Path, as_j
     except SystemExit as e:
         if e.code:
             raise
-    with c.change("as2.sent", partner_id, file=file.name, size=len(payload), **outcome):
+    # the AS2 Message-ID goes in the details: the audit's message_id column names spooled messages only
+    details = {("as2_message_id" if k == "message_id" else k): v for k, v in outcome.items()}
+    with c.change("as2.sent", partner_id, file=file.name, size=size, **details):
         pass
     emit_json(outcome) if as_json else emit_record(outcome)
     if outcome.get("outcome") != "sent":

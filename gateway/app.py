@@ -37,6 +37,7 @@ from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
 from partners.networks import NetworkSet, parse_network
 from protocols.as2.client import Poster
+from protocols.as2.mime import Region
 from protocols.as2.push import AS2Push, AS2Receipts
 from protocols.as2.push import Identity as AS2Identity
 from protocols.as2.resource import AS2Resource, AS2Settings
@@ -107,7 +108,8 @@ class PostroomService(MultiService):
         poster = Poster(reactor, identity)
         as2_identity = AS2Identity(config.gateway.as2_id, config.gateway.hostname, self.signer.key,
                                    self.signer.certificate, self._as2_url)
-        push_targets = {"as2": AS2Push(poster, as2_identity, self._read_payload, self.cpu.run, self._now)}
+        push_targets = {"as2": AS2Push(poster, as2_identity, self._read_payload, self.cpu.run, self._now,
+                                       self.blobs.scratch, lambda *a: self.delivery.note_push(*a))}
         pushable = frozenset(push_targets)
         self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
                                         self._now, pushable)
@@ -224,10 +226,9 @@ class PostroomService(MultiService):
         return doors
 
 
-def thd_read_blob(blobs: BlobStore, sha256: str) -> bytes:
-    """A message's payload, read whole (pushes are built in memory)."""
-    with blobs.open(sha256) as f:
-        return f.read()
+def thd_read_blob(blobs: BlobStore, sha256: str) -> Region:
+    """A message's payload as a region of its blob file (pushes stream it; closed when garbage collected)."""
+    return Region.of_file(blobs.open(sha256))
 
 
 def thd_get_receipt(engine, receipt_id: str):

@@ -94,6 +94,12 @@ def thd_record_push(engine: Engine, delivery: Delivery, worker: str, now: dateti
                 "retry_at": retry_at.isoformat() if retry_at else None})
 
 
+def thd_note_push(engine: Engine, delivery: Delivery, worker: str, remote_id: str, mic: str | None) -> bool:
+    """Record the ID and MIC a push goes out under, before it goes."""
+    with engine.begin() as conn:
+        return records.note_push(conn, delivery, worker, remote_id, mic)
+
+
 def thd_receipt_arrived(engine: Engine, recipient_id: str, original_id: str, disposition: str, status: str,
                         mic: str | None, now: datetime, retry_at: Callable[[int], datetime | None]) -> str:
     """Settle the delivery an async receipt answers; what was done, in words (for the log and the door)."""
@@ -193,6 +199,11 @@ class DeliveryService(RoundsService):
                 error = f"internal error: {e}"
         retry_at = self._retry_at(delivery.attempts + 1) if error is not None and not permanent else None
         await self._db.run(thd_record_push, delivery, self.worker, self._now(), error, retry_at, pushed)
+
+    def note_push(self, delivery: Delivery, remote_id: str, mic: str | None) -> Deferred:
+        """A push target is about to send ``delivery`` as ``remote_id``: remember it first (see
+        :func:`spool.records.note_push`)."""
+        return self._db.run(thd_note_push, delivery, self.worker, remote_id, mic)
 
     def receipt_arrived(self, recipient_id: str, original_id: str, disposition: str, status: str,
                         mic: str | None) -> Deferred:

@@ -300,27 +300,46 @@ def await_receipt(conn: Connection, delivery: Delivery, worker: str, now: dateti
         "next_attempt_at": deadline, "last_error": None, "updated_at": now})
 
 
+def note_push(conn: Connection, delivery: Delivery, worker: str, remote_id: str, mic: str | None) -> bool:
+    """Record the ID and MIC a push is about to go out under, before it does: its retries reuse the ID, and
+    an async receipt that comes back before the push is recorded still finds its delivery.
+
+    :returns: False when the claim was lost.
+    """
+    result = conn.execute(update(deliveries).where(
+        deliveries.c.id == delivery.id, deliveries.c.state == "claimed", deliveries.c.claimed_by == worker,
+    ).values(remote_id=remote_id, mic=mic))
+    return result.rowcount == 1
+
+
 def awaited(conn: Connection, recipient_id: str, remote_id: str) -> Delivery | None:
-    """The delivery to ``recipient_id`` whose push went out as ``remote_id``, if it still waits for its receipt."""
+    """The delivery to ``recipient_id`` pushed as ``remote_id``, if it still waits for its receipt (or is still
+    being pushed: an async receipt can overtake the push's own bookkeeping)."""
     row = conn.execute(select(deliveries).where(
         deliveries.c.recipient_id == recipient_id, deliveries.c.remote_id == remote_id,
-        deliveries.c.state == "awaiting")).first()
+        deliveries.c.state.in_(("awaiting", "claimed")))).first()
     return Delivery.from_row(row) if row is not None else None
 
 
 def settle_awaited(conn: Connection, delivery: Delivery, now: datetime, error: str | None,
                    retry_at: datetime | None) -> bool:
-    """Record the receipt an ``awaiting`` delivery waited for: done, or failed like :func:`fail`.
+    """Record the receipt a delivery waited for: done, or failed like :func:`fail`.
+
+    A delivery still ``claimed`` (its push has not been recorded yet) counts the attempt here; the
+    pusher's own bookkeeping then finds the claim gone and leaves it alone.
 
     :returns: False when it no longer waits (settled already, or its deadline passed and it was re-claimed).
     """
-    values: dict[str, Any] = {"updated_at": now, "last_error": error[:2000] if error else None}
+    values: dict[str, Any] = {"updated_at": now, "last_error": error[:2000] if error else None,
+                              "claimed_by": None, "claimed_at": None}
+    if delivery.state == "claimed":
+        values["attempts"] = delivery.attempts + 1
     if error is None:
         values["state"] = "done"
     else:
         values.update({"state": "pending", "next_attempt_at": retry_at} if retry_at is not None else {"state": "dead"})
-    result = conn.execute(update(deliveries).where(deliveries.c.id == delivery.id, deliveries.c.state == "awaiting")
-                          .values(**values))
+    result = conn.execute(update(deliveries).where(deliveries.c.id == delivery.id,
+                                                   deliveries.c.state == delivery.state).values(**values))
     if result.rowcount != 1:
         return False
     if values["state"] != "pending":

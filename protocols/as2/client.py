@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from certs.x509 import Certificate, KeyAndCertificate, is_ca
 from partners.directory import Partner
-from protocols.as2.mime import Headers
+from protocols.as2.mime import Headers, Region
 
 #: The largest answer we read (an MDN is a few kilobytes).
 MAX_ANSWER = 1 << 20
@@ -79,11 +79,12 @@ class Poster:
         self._pool.maxPersistentPerHost = 4
         self._timeout = timeout
 
-    def post(self, partner: Partner, url: str, headers: Iterable[tuple[str, str]], body: bytes) -> Deferred:
-        """POST ``body``; fires with an :class:`Answer`, or fails with :class:`PostFailed`."""
+    def post(self, partner: Partner, url: str, headers: Iterable[tuple[str, str]], body: bytes | Region) -> Deferred:
+        """POST ``body`` (a region is streamed from its file); fires with an :class:`Answer`, or fails with
+        :class:`PostFailed`."""
         return Deferred.fromCoroutine(self._post(partner, url, list(headers), body))
 
-    async def _post(self, partner: Partner, url: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+    async def _post(self, partner: Partner, url: str, headers: list[tuple[str, str]], body: bytes | Region) -> Answer:
         if urlsplit(url).scheme != "https":
             raise PostFailed(f"{url} is not an https:// URL; AS2 goes over TLS only")
         agent = Agent(self._reactor, PartnerTLS(self._identity, _trust_for(partner)), pool=self._pool,
@@ -91,7 +92,8 @@ class Poster:
         http_headers = HTTPHeaders()
         for name, value in headers:
             http_headers.addRawHeader(name.encode("ascii"), value.encode("latin-1"))
-        request = agent.request(b"POST", url.encode("ascii"), http_headers, FileBodyProducer(BytesIO(body)))
+        producer = FileBodyProducer(body.reader() if isinstance(body, Region) else BytesIO(body))
+        request = agent.request(b"POST", url.encode("ascii"), http_headers, producer)
         request.addTimeout(self._timeout, self._reactor)
         try:
             response = await request
@@ -102,7 +104,7 @@ class Poster:
         except PostFailed:
             raise
         except Exception as e:
-            raise PostFailed(f"POST to {url} failed: {e}") from e
+            raise PostFailed(f"POST to {url} failed: {_reason(e)}") from e
         pairs = [(n.decode("latin-1"), v.decode("latin-1"))
                  for n, vs in response.headers.getAllRawHeaders() for v in vs]
         return Answer(response.code, Headers.of(pairs), data)
@@ -110,6 +112,14 @@ class Poster:
     def close(self) -> Deferred:
         """Close pooled connections (on shutdown)."""
         return self._pool.closeCachedConnections()
+
+
+def _reason(error: Exception) -> str:
+    """Twisted's client errors wrap failures in lists; say what they say."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(f"{r.type.__name__}: {r.getErrorMessage()}" for r in reasons)
+    return str(error) or type(error).__name__
 
 
 class _BoundedBody(Protocol):

@@ -113,6 +113,17 @@ class _RegionReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._region.start, io.SEEK_CUR: self._position, io.SEEK_END: self._region.end}[whence]
+        self._position = min(max(base + offset, self._region.start), self._region.end)
+        return self._position - self._region.start
+
+    def tell(self) -> int:
+        return self._position - self._region.start
+
     def readinto(self, buffer) -> int:
         if self._position >= self._region.end:
             return 0

@@ -7,6 +7,7 @@ return. :func:`read_mdn` checks an MDN (sync in the HTTP response, or async in a
 signature by one of the partner's certificates when signed, and which message it answers.
 """
 
+import base64
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,10 @@ from protocols.as2.mime import (
     Headers,
     MIMEError,
     Region,
+    Scratch,
     base64_lines,
     build_entity,
+    memory_scratch,
     parse_entity,
     parse_headers,
     split_multipart,
@@ -89,7 +92,7 @@ class Outgoing:
 
     message_id: str
     headers: tuple[tuple[str, str], ...]
-    body: bytes = attrs.field(repr=False)
+    body: Region  #: read it with ``body.reader()`` (its length is known: no chunked upload)
     mic: str | None
     mic_algorithm: str
 
@@ -103,45 +106,57 @@ def new_message_id(hostname: str) -> str:
     return f"<{secrets.token_hex(16)}@{hostname}>"
 
 
-def build(payload: bytes, *, content_type: str, filename: str | None, options: SendOptions, as2_from: str,
+def build(payload: bytes | Region, *, content_type: str, filename: str | None, options: SendOptions, as2_from: str,
           as2_to: str, message_id: str, sign_key: PrivateKey | None = None, sign_cert: Certificate | None = None,
-          encrypt_cert: Certificate | None = None, receipt_to: str | None = None) -> Outgoing:
-    """Wrap ``payload`` as ``options`` say; ``receipt_to`` is our URL for async MDNs."""
+          encrypt_cert: Certificate | None = None, receipt_to: str | None = None,
+          scratch: Scratch = memory_scratch) -> Outgoing:
+    """Wrap ``payload`` as ``options`` say; ``receipt_to`` is our URL for async MDNs.
+
+    Each layer is written to a ``scratch()`` file and read back in chunks, so the payload is never
+    held in memory whole (the delivery queue passes a region of the spooled blob).
+    """
     if any(c in content_type for c in "\r\n") or (filename and any(c in filename for c in '\r\n"')):
         raise ValueError("content type and file name must not contain line breaks or quotes")
+    payload = payload if isinstance(payload, Region) else Region.of_bytes(payload)
     fields = [("Content-Type", content_type), ("Content-Transfer-Encoding", "binary")]
     if filename:
         fields.append(("Content-Disposition", f'attachment; filename="{filename}"'))
-    entity = build_entity(fields, payload)
-    mic = cms.mic(entity, options.digest)
+    entity = _written(scratch, build_entity(fields, b""), payload)
     if options.compress:
-        entity = build_entity([("Content-Type", 'application/pkcs7-mime; smime-type=compressed-data; '
-                                                'name="smime.p7z"'), ("Content-Transfer-Encoding", "binary")],
-                              cms.compress(entity))
-        mic = cms.mic(entity, options.digest)
+        sink = scratch()
+        sink.write(build_entity([("Content-Type", 'application/pkcs7-mime; smime-type=compressed-data; '
+                                                  'name="smime.p7z"'), ("Content-Transfer-Encoding", "binary")], b""))
+        cms.compress_stream(entity.reader(), sink)
+        entity = Region.of_file(sink)
+    content_digest = entity.digest(options.digest)
+    mic = base64.b64encode(content_digest).decode("ascii")
     if options.sign:
         if sign_key is None or sign_cert is None:
             raise ValueError("signing needs the gateway's signing key and certificate")
-        signature = cms.sign(entity, sign_key, sign_cert, digest=options.digest, pss=options.pss)
+        signature = cms.sign_digest(content_digest, sign_key, sign_cert, digest=options.digest, pss=options.pss)
         boundary = f"----=_postroom_as2_{secrets.token_hex(12)}"
         signed_type = (f'multipart/signed; protocol="application/pkcs7-signature"; micalg={_micalg(options.digest)};'
                        f' boundary="{boundary}"')
-        body = (f"--{boundary}\r\n".encode() + entity + f"\r\n--{boundary}\r\n".encode()
+        tail = (f"\r\n--{boundary}\r\n".encode()
                 + build_entity([("Content-Type", 'application/pkcs7-signature; name="smime.p7s"'),
                                 ("Content-Transfer-Encoding", "base64"),
                                 ("Content-Disposition", 'attachment; filename="smime.p7s"')], base64_lines(signature))
                 + f"--{boundary}--\r\n".encode())
-        entity = build_entity([("Content-Type", signed_type)], body)
+        entity = _written(scratch, build_entity([("Content-Type", signed_type)], f"--{boundary}\r\n".encode()),
+                          entity, tail)
     if options.encrypt:
         if encrypt_cert is None:
             raise ValueError("encryption needs the partner's encryption certificate")
-        body = cms.encrypt(entity, encrypt_cert, cipher=options.cipher, key_transport=options.key_transport)
+        sink = scratch()
+        cms.encrypt_stream(entity.reader(), entity.size, sink, encrypt_cert, cipher=options.cipher,
+                           key_transport=options.key_transport)
+        body = Region.of_file(sink)
         top = 'application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"'
     else:
         parsed = parse_entity(entity)
-        top, body = parsed.headers.get("content-type") or content_type, parsed.body.read()
-    if not options.sign and not options.encrypt:
-        mic = cms.mic(payload, options.digest)  # RFC 4130 §7.3.1: bare content when neither layer is used
+        top, body = parsed.headers.get("content-type") or content_type, parsed.body
+    if not options.sign and not options.encrypt:  # RFC 4130 §7.3.1: bare content when neither layer is used
+        mic = base64.b64encode(payload.digest(options.digest)).decode("ascii")
     headers = [("AS2-Version", "1.2"), ("AS2-From", _quoted(as2_from)), ("AS2-To", _quoted(as2_to)),
                ("Message-ID", message_id), ("Content-Type", top), ("MIME-Version", "1.0")]
     if filename:
@@ -158,6 +173,15 @@ def build(payload: bytes, *, content_type: str, filename: str | None, options: S
             headers.append(("Receipt-Delivery-Option", receipt_to))
     return Outgoing(message_id, tuple(headers), body, mic if options.mdn != "none" else None,
                     _micalg(options.digest))
+
+
+def _written(scratch: Scratch, head: bytes, middle: Region, tail: bytes = b"") -> Region:
+    """``head + middle + tail`` in a new scratch file."""
+    sink = scratch()
+    sink.write(head)
+    middle.copy_to(sink)
+    sink.write(tail)
+    return Region.of_file(sink)
 
 
 def receipt_headers(*, receipt_id: str, content_type: str, as2_from: str, as2_to: str, hostname: str,

@@ -21,6 +21,7 @@ from certs.x509 import Certificate, PrivateKey
 from partners.directory import Partner
 from protocols.as2 import outbound
 from protocols.as2.client import Poster, PostFailed
+from protocols.as2.mime import Region, Scratch, memory_scratch
 from protocols.envelope import DeliveryFailed, Pushed
 from spool.records import Delivery, Message, StoredReceipt
 
@@ -45,7 +46,13 @@ class AS2Push:
     _log = Logger()
 
     def __init__(self, poster: Poster, identity: Identity, read_payload: Callable[[Message], Deferred],
-                 run_cpu: Callable[..., Deferred], now: Callable[[], datetime]):
+                 run_cpu: Callable[..., Deferred], now: Callable[[], datetime], scratch: Scratch = memory_scratch,
+                 note_push: Callable[[Delivery, str, str | None], Deferred] | None = None):
+        """``read_payload(message)`` fires with a :class:`Region` of the stored payload; each layer of the
+        outgoing message goes to a ``scratch()`` file; ``note_push(delivery, message_id, mic)`` records
+        the Message-ID and MIC before the POST (retries reuse the ID; an async MDN can come back at once)."""
+        self._scratch = scratch
+        self._note_push = note_push
         self._poster = poster
         self._identity = identity
         self._read_payload = read_payload
@@ -72,7 +79,9 @@ class AS2Push:
         remote_id = delivery.remote_id or outbound.new_message_id(self._identity.hostname)
         payload = await self._read_payload(message)
         outgoing = await self._run_cpu(_build, payload, message, options, self._identity, recipient, remote_id,
-                                       encrypt_certs[0] if encrypt_certs else None, receipt_to)
+                                       encrypt_certs[0] if encrypt_certs else None, receipt_to, self._scratch)
+        if self._note_push is not None and not (delivery.remote_id == remote_id and delivery.mic == outgoing.mic):
+            await self._note_push(delivery, remote_id, outgoing.mic)
         try:
             answer = await self._poster.post(recipient, recipient.as2_url, outgoing.headers, outgoing.body)
         except PostFailed as e:
@@ -89,13 +98,14 @@ class AS2Push:
         return Pushed(remote_id, outgoing.mic, f"MDN {mdn.disposition}")
 
 
-def _build(payload: bytes, message: Message, options: outbound.SendOptions, identity: Identity, recipient: Partner,
-           remote_id: str, encrypt_cert: Certificate | None, receipt_to: str | None) -> outbound.Outgoing:
+def _build(payload: Region, message: Message, options: outbound.SendOptions, identity: Identity, recipient: Partner,
+           remote_id: str, encrypt_cert: Certificate | None, receipt_to: str | None,
+           scratch: Scratch) -> outbound.Outgoing:
     return outbound.build(
         payload, content_type=message.content_type or "application/xml", filename=message.filename,
         options=options, as2_from=identity.as2_id, as2_to=recipient.as2_ids[0], message_id=remote_id,
         sign_key=identity.sign_key, sign_cert=identity.sign_cert, encrypt_cert=encrypt_cert,
-        receipt_to=receipt_to)
+        receipt_to=receipt_to, scratch=scratch)
 
 
 def judge(headers: Any, body: bytes, partner: Partner, message_id: str, mic: str | None, mic_algorithm: str,
@@ -110,6 +120,8 @@ def judge(headers: Any, body: bytes, partner: Partner, message_id: str, mic: str
         raise DeliveryFailed(f"the MDN from {partner.id} answers {mdn.original_message_id}, not {message_id}")
     if mdn.status == "failed":
         raise DeliveryFailed(f"{partner.id} refused the message: {mdn.disposition} {mdn.text[:300]}".strip())
+    if mdn.mic is None and not mdn.signed:
+        return mdn  # RFC 4130 §7.4.3: the MIC is required in signed receipts only
     if not outbound.mic_matches(mic, mic_algorithm, mdn):
         raise DeliveryFailed(f"the MDN from {partner.id} returns MIC {mdn.mic} ({mdn.mic_algorithm}); we sent {mic} "
                              f"({mic_algorithm}): what they received is not what we sent")

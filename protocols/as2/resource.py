@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 from certs.x509 import Certificate, PrivateKey
 from partners.directory import Partner
 from protocols.as2 import inbound, outbound
-from protocols.as2.mime import Headers, Region, Scratch, memory_scratch
+from protocols.as2.mime import Headers, Region, Scratch, memory_scratch, parse_content_type
 from protocols.envelope import Decision, Envelope, IntakeUnavailable
 from protocols.partner_auth import DirectorySource, Now, PartnerResource
 
@@ -52,15 +52,21 @@ def _headers(request: IRequest) -> Headers:
 
 def is_mdn(headers: Headers, content: IO[bytes]) -> bool:
     """True when the body is an MDN (``multipart/report``, maybe inside ``multipart/signed``), not a message."""
-    mime_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
-    if mime_type == "multipart/report":
+    content_type = parse_content_type(headers.get("content-type") or "text/plain")
+    if content_type.mime_type == "multipart/report":
         return True
-    if mime_type != "multipart/signed":
+    boundary = content_type.param("boundary")
+    if content_type.mime_type != "multipart/signed" or not boundary:
         return False
     content.seek(0)
     head = content.read(8192)
-    first = head.find(b"\n--")  # the first delimiter line, then the first part's headers
-    return re.search(rb"(?im)^content-type:\s*multipart/report", head[max(first, 0):]) is not None
+    first = head.find(b"--" + boundary.encode("latin-1"))  # the first delimiter, then the first part's headers
+    if first == -1:
+        return False
+    part = head[first:].split(b"\n", 1)[-1]
+    headers_end = re.search(rb"\r?\n\r?\n", part)
+    block = part[:headers_end.start()] if headers_end else part
+    return re.search(rb"(?im)^content-type:[ \t]*multipart/report\b", block) is not None
 
 
 def thd_read_mdn(content: IO[bytes], headers: Headers, partner: Partner, now: datetime) -> outbound.MDN:

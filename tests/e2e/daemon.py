@@ -6,6 +6,8 @@ signal an operator's scripts use. Every process started here is stopped by the f
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,19 @@ from pathlib import Path
 from gateway.home import Home
 
 POSTROOM = str(Path(sys.executable).with_name("postroom"))
+
+
+def private_home(template: Path, directory: Path, *, backoff: int | None = None) -> Home:
+    """A copy of a demo home for one module's daemon: directory changes noticed within a quarter second,
+    and (``backoff``) retries of pushes and receipts within seconds."""
+    target = directory / "home"
+    shutil.copytree(template, target, symlinks=True)
+    home = Home(target)
+    text = home.config_file.read_text() + "\n[directory]\nreload_seconds = 0.25\n"
+    if backoff is not None:
+        text = re.sub(r"(?m)^backoff = \d+$", f"backoff = {backoff}", text)
+    home.config_file.write_text(text)
+    return home
 
 
 class Daemon:

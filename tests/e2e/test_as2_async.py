@@ -6,8 +6,6 @@ to trust for its URLs). The MDN that arrives is checked with ``openssl cms -veri
 """
 
 import http.server
-import re
-import shutil
 import ssl
 import threading
 import uuid
@@ -16,10 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certs.devca import DevCA, key_pem
-from gateway.home import Home
 from tests.e2e.as2 import build, disposition, openssl, received_mic
 from tests.e2e.as2 import send as send_as2
-from tests.e2e.daemon import Daemon
+from tests.e2e.daemon import Daemon, private_home
 from tests.e2e.https import invoice, query
 from tests.e2e.test_mtls_door import wait_until
 
@@ -80,14 +77,8 @@ def catcher_ca(tmp_path_factory) -> DevCA:
 @pytest.fixture(scope="module")
 def daemon(demo_home_template, tmp_path_factory, catcher_ca):
     """A daemon whose receipt retries come within seconds, with acme's URLs trusted through the catcher CA."""
-    target = tmp_path_factory.mktemp("as2-async") / "home"
-    shutil.copytree(demo_home_template, target, symlinks=True)
-    home = Home(target)
-    with home.config_file.open("a") as f:
-        f.write("\n[directory]\nreload_seconds = 0.25\n")
-    text = home.config_file.read_text()
-    home.config_file.write_text(re.sub(r"(?m)^backoff = \d+$", "backoff = 1", text))
-    ca_file = target.parent / "catcher-ca.crt"
+    home = private_home(demo_home_template, tmp_path_factory.mktemp("as2-async"), backoff=1)
+    ca_file = home.path.parent / "catcher-ca.crt"
     ca_file.write_bytes(catcher_ca.certificate.public_bytes(serialization.Encoding.PEM))
     d = Daemon(home).start()
     d.cli("partner", "cert", "add", "acme", "--usage", "tls", str(ca_file))

@@ -8,15 +8,13 @@ disposition and the quarantine record.
 
 import itertools
 import json
-import shutil
 import uuid
 
 import pytest
 
-from gateway.home import Home
 from protocols.as2 import cms
 from tests.e2e.as2 import build, disposition, payload_entity, received_mic, send, verify_mdn
-from tests.e2e.daemon import Daemon
+from tests.e2e.daemon import Daemon, private_home
 from tests.e2e.https import invoice, query
 from tests.e2e.test_mtls_door import metric, wait_until
 
@@ -28,12 +26,7 @@ _numbers = itertools.count(1)
 @pytest.fixture(scope="module")
 def daemon(demo_home_template, tmp_path_factory):
     """One daemon for the module, on a private copy of the demo home."""
-    target = tmp_path_factory.mktemp("as2") / "home"
-    shutil.copytree(demo_home_template, target, symlinks=True)
-    home = Home(target)
-    with home.config_file.open("a") as f:
-        f.write("\n[directory]\nreload_seconds = 0.25\n")
-    d = Daemon(home).start()
+    d = Daemon(private_home(demo_home_template, tmp_path_factory.mktemp("as2"))).start()
     yield d
     d.stop()
 

@@ -21,15 +21,13 @@ PSS and OAEP paths are covered by the openssl-driven tests in tests/e2e/test_as2
 import base64
 import hashlib
 import itertools
-import shutil
 import uuid
 from pathlib import Path
 
 import attrs
 import pytest
 
-from gateway.home import Home
-from tests.e2e.daemon import Daemon
+from tests.e2e.daemon import Daemon, private_home
 from tests.e2e.https import invoice, query
 from tests.e2e.test_mtls_door import metric, wait_until
 from tests.peers.harness import PeerError
@@ -53,12 +51,7 @@ def peer(peer_identity):
 @pytest.fixture(scope="module")
 def daemon(demo_home_template, tmp_path_factory, peer):
     """One daemon for the module; the partner ``peer`` is registered through the CLI before it starts."""
-    target = tmp_path_factory.mktemp("as2-peers") / "home"
-    shutil.copytree(demo_home_template, target, symlinks=True)
-    home = Home(target)
-    with home.config_file.open("a") as f:
-        f.write("\n[directory]\nreload_seconds = 0.25\n")
-    d = Daemon(home)
+    d = Daemon(private_home(demo_home_template, tmp_path_factory.mktemp("as2-peers")))
     d.cli("partner", "add", "peer", "--name", "pyas2lib peer", "--as2-id", PEER_AS2_ID,
           "--participant-id", ":".join(PEER_PARTICIPANT), "--allow-ip", "127.0.0.0/8",
           "--tls-cert", str(peer.tls_cert), "--sign-cert", str(peer.sign_cert),

@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import re
-import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -37,8 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from certs.devca import DevCA
 from certs.x509 import load_certificate, read_file
-from gateway.home import Home
-from tests.e2e.daemon import POSTROOM, Daemon
+from tests.e2e.daemon import POSTROOM, Daemon, private_home
 from tests.e2e.https import invoice, post_document, query
 from tests.e2e.test_mtls_door import metric, wait_until
 from tests.peers.harness import Identity, Pyas2lib, Pyas2libServer, make_identity
@@ -63,13 +61,9 @@ _numbers = itertools.count(1)
 @pytest.fixture(scope="module")
 def daemon(demo_home_template, tmp_path_factory):
     """One daemon for the module: directory reloads every 0.25 s, pushes retried after about a second, 3 tries."""
-    target = tmp_path_factory.mktemp("as2-outbound") / "home"
-    shutil.copytree(demo_home_template, target, symlinks=True)
-    home = Home(target)
+    home = private_home(demo_home_template, tmp_path_factory.mktemp("as2-outbound"), backoff=1)
     text = home.config_file.read_text()
-    text = re.sub(r"(?m)^backoff = \d+$", "backoff = 1", text)
-    text = re.sub(r"(?m)^max_attempts = \d+$", "max_attempts = 3", text)
-    home.config_file.write_text(text + "\n[directory]\nreload_seconds = 0.25\n")
+    home.config_file.write_text(re.sub(r"(?m)^max_attempts = \d+$", "max_attempts = 3", text))
     d = Daemon(home).start()
     try:
         yield d
@@ -378,10 +372,12 @@ def test_async_mdn_settles_the_awaiting_delivery(daemon, peer, tmp_path, signed_
     assert remote_id.endswith("@localhost>")
 
     events = [(e, d) for e, d in audit(daemon, message_id) if d["target"] == "as2"]
-    assert [e for e, _ in events] == ["delivery.awaiting-receipt", "delivery.done"], events
-    (_, awaiting), (_, done) = events
-    assert awaiting["remote_id"] == done["remote_id"] == remote_id
-    assert awaiting["detail"] == "HTTP 200, async MDN requested"
+    # pyas2lib often POSTs the MDN before our push has recorded ``awaiting``: then the MDN settles the
+    # still-claimed delivery and the push's own record finds nothing left to do
+    assert [e for e, _ in events] in (["delivery.awaiting-receipt", "delivery.done"], ["delivery.done"]), events
+    *before, (_, done) = events
+    assert done["remote_id"] == remote_id
+    assert all(d["remote_id"] == remote_id and d["detail"] == "HTTP 200, async MDN requested" for _, d in before)
     assert done["receipt"] == "automatic-action/MDN-sent-automatically; processed" and done["error"] is None
 
     (record,) = received_for(peer.server, remote_id)

@@ -55,7 +55,9 @@ def directory(acme_cert) -> PartnerDirectory:
     return PartnerDirectory.build(1, [acme])
 
 
-NOW = datetime.now(UTC)
+def current() -> datetime:
+    """Now, read when used: certificates made during the run are valid from a few minutes before it."""
+    return datetime.now(UTC)
 
 
 def _unused(*args):
@@ -68,30 +70,30 @@ SETTINGS = AS2Settings(as2_id="POSTROOM", hostname="gw.example", recipients=(), 
 
 def test_registered_certificate_from_its_partners_network_authenticates(directory, acme_cert):
     """Certificate and source address together identify acme."""
-    assert authenticate(request(acme_cert), directory, NOW).id == "acme"
+    assert authenticate(request(acme_cert), directory, current()).id == "acme"
 
 
 def test_missing_certificate_is_refused(directory):
     """No verified peer certificate: refused with a reason saying so."""
     with pytest.raises(PartnerAuthError, match="client certificate is required"):
-        authenticate(request(None), directory, NOW)
+        authenticate(request(None), directory, current())
 
 
 def test_unregistered_certificate_is_refused(directory, other_ca):
     """A certificate nobody registered identifies nobody."""
     with pytest.raises(PartnerAuthError, match="not registered to an active partner"):
-        authenticate(request(other_ca.build("x", "tls-client")[1]), directory, NOW)
+        authenticate(request(other_ca.build("x", "tls-client")[1]), directory, current())
 
 
 def test_address_outside_the_partners_own_allowlist_is_refused(directory, acme_cert):
     """Even a valid certificate is refused from an address its partner did not allow."""
     with pytest.raises(PartnerAuthError, match=r"198\.51\.100\.1 is not in the allowlist of partner acme"):
-        authenticate(request(acme_cert, host="198.51.100.1"), directory, NOW)
+        authenticate(request(acme_cert, host="198.51.100.1"), directory, current())
 
 
 def test_as2_resource_answers_403_and_405(directory, acme_cert):
     """/as2 refuses strangers with 403 and a reason, takes only POST, and checks the AS2 addressing."""
-    resource = AS2Resource(lambda: directory, lambda: NOW, SETTINGS)
+    resource = AS2Resource(lambda: directory, current, SETTINGS)
     forbidden = request(acme_cert, host="198.51.100.1")
     body = resource.render(forbidden)
     assert forbidden.responseCode == 403 and b"allowlist of partner acme" in body
@@ -110,13 +112,13 @@ def test_as2_resource_answers_403_and_405(directory, acme_cert):
 
 def test_as2_resource_reads_the_directory_on_every_request(directory, acme_cert):
     """A partner disabled while a connection stays open is refused on its next request."""
-    current = {"d": directory}
-    resource = AS2Resource(lambda: current["d"], lambda: NOW, SETTINGS)
+    live = {"d": directory}
+    resource = AS2Resource(lambda: live["d"], current, SETTINGS)
     first = request(acme_cert)
     assert b"AS2-From" in resource.render(first)  # authenticated: refused only for its AS2 headers
     disabled = Partner("acme", "ACME", False, networks=NetworkSet([parse_network("192.0.2.0/24")]),
                        certificates={"tls": (acme_cert,)})
-    current["d"] = PartnerDirectory.build(2, [disabled])
+    live["d"] = PartnerDirectory.build(2, [disabled])
     second = request(acme_cert)
     assert b"not registered to an active partner" in resource.render(second)
     assert second.responseCode == 403

@@ -514,8 +514,24 @@ def test_a_push_awaiting_its_receipt_is_settled_once_or_claimed_again_after_its_
         records.await_receipt(conn, delivery, "node-1", T0, "<r2@gw>", None, T0 + timedelta(hours=1))
     [again] = claim(db, T0 + timedelta(hours=1))  # the MDN never came: pushed again, same remote ID
     assert (again.message_id, again.remote_id, again.attempts) == (other.id, "<r2@gw>", 1)
+    with db.begin() as conn:  # a late MDN (or one overtaking the new push's bookkeeping) still settles it
+        late = records.awaited(conn, "globex", "<r2@gw>")
+        assert late.state == "claimed"
+        assert records.settle_awaited(conn, late, T0, None, None)
+        assert not records.complete(conn, late, "node-1", T0)  # the pusher finds its claim gone
+    [settled] = deliveries(db, other)
+    assert (settled.state, settled.attempts, settled.claimed_by) == ("done", 2, None)
+
+
+def test_note_push_records_the_id_before_the_push_while_the_claim_holds(db):
+    msg = insert(db, message(), targets=("as2",))
+    [delivery] = claim(db, T0)
     with db.begin() as conn:
-        assert records.awaited(conn, "globex", "<r2@gw>") is None  # a late MDN no longer settles it
+        assert records.note_push(conn, delivery, "node-1", "<n1@gw>", "mic=")
+        assert not records.note_push(conn, delivery, "node-2", "<n2@gw>", None)
+        assert records.fail(conn, delivery, "node-1", T0, "refused", T0 + timedelta(minutes=1))
+    [stored] = deliveries(db, msg)
+    assert (stored.remote_id, stored.mic, stored.state) == ("<n1@gw>", "mic=", "pending")
 
 
 def test_a_failed_receipt_sends_the_awaiting_push_back_to_the_queue_or_kills_it(db):
