@@ -29,6 +29,7 @@ from gateway.directory_service import DirectoryService
 from gateway.intake import Intake
 from gateway.listeners import Door, ListenerService
 from gateway.metrics import Metrics, operations_root
+from gateway.openapi import PARTNER_DOCUMENT
 from gateway.pools import ThreadPoolService
 from gateway.portal import PortalHome
 from gateway.portal_api import build_api
@@ -207,7 +208,8 @@ class PostroomService(MultiService):
         if config.listen.as2:
             root = resource.Resource()
             root.putChild(b"as2", AS2Resource(self.directory.get, self._now, self._as2_settings(config)))
-            root.putChild(b"api", api_root(self.directory.get, self._now, self._accept, self._receipt))
+            root.putChild(b"api", api_root(self.directory.get, self._now, self._accept, self._receipt,
+                                           PARTNER_DOCUMENT))
             mtls = certs_tls.ServerTLS(certs_tls.server_context(identity, self._authorize_tls, b"postroom-as2"))
             # room for S/MIME's base64 and MIME wrapping around the largest payload we accept
             max_body = 2 * config.limits.max_payload_bytes + (1 << 20)

@@ -152,3 +152,91 @@ DOCUMENT: dict[str, Any] = {
         )},
     },
 }
+
+
+_FINDING = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string", "description": "e.g. GW-SIG-INVALID, GW-DUP, GW-SIZE."},
+                   "message": {"type": "string", "description": "What is wrong and how to fix it."},
+                   "field": _OPTIONAL_TEXT},
+}
+
+_DECISION = {
+    "type": "object",
+    "description": "The intake's durable decision about one document.",
+    "required": ["outcome", "message", "quarantine", "receipt", "disposition", "findings"],
+    "properties": {
+        "outcome": {"type": "string", "enum": ["accepted", "duplicate", "rejected"]},
+        "message": {"type": ["string", "null"], "description": "Postroom message ID (accepted or duplicate)."},
+        "quarantine": {"type": ["string", "null"], "description": "Quarantine ID (rejected)."},
+        "receipt": {"type": "string", "description": "Path of the signed receipt (GET it)."},
+        "disposition": {"type": "string", "description": "The receipt's RFC 8098 Disposition value."},
+        "findings": {"type": "array", "items": {"$ref": "#/components/schemas/Finding"}},
+    },
+}
+
+#: The partners' API on the mutual-TLS listener (next to ``/as2``), served at ``/api/v1/openapi.json`` there.
+PARTNER_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Postroom partner upload API",
+        "version": "1",
+        "description": "For ERPs that cannot speak AS2 but can POST a file. The caller is the partner whose "
+                       "registered TLS client certificate it presents, from an address in that partner's "
+                       "allowlist; every answer comes after the document is durably stored (or refused).",
+    },
+    "servers": [{"url": "/api/v1"}],
+    "security": [{"mutualTLS": []}],
+    "paths": {
+        "/documents": {"post": {
+            "operationId": "uploadDocument",
+            "summary": "Hand in one document (typically an XML-DSig-signed UBL or CII invoice).",
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200},
+                 "description": "Repeat a request with the same key and get the original answer (200)."},
+                {"name": "Content-Disposition", "in": "header", "schema": {"type": "string"},
+                 "description": "attachment; filename=… — kept as the document's file name."},
+            ],
+            "requestBody": {"required": True, "content": {"*/*": {"schema": {
+                "type": "string", "contentMediaType": "application/octet-stream"}}}},
+            "responses": {
+                "201": {**_json("Accepted and durable; Location names the signed receipt.",
+                                {"$ref": "#/components/schemas/Decision"}),
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                "200": _json("A repeat (same key, or the same document): the original decision.",
+                             {"$ref": "#/components/schemas/Decision"}),
+                "413": _json("Larger than the gateway accepts (GW-SIZE); nothing kept.",
+                             {"$ref": "#/components/schemas/Decision"}),
+                "422": _json("Refused with typed findings; the bytes are in quarantine and a signed negative "
+                             "receipt was made.", {"$ref": "#/components/schemas/Decision"}),
+                "503": _json("The gateway could not store it; nothing was accepted. Retry after Retry-After.",
+                             {"$ref": "#/components/schemas/Error"}),
+            } | _errors("400", "403"),
+        }},
+        "/receipts/{id}": {"get": {
+            "operationId": "getReceipt",
+            "summary": "A signed receipt (RFC 8098 MDN in S/MIME multipart/signed), exactly as stored.",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "Receipt ID; another partner's receipt answers 404."}],
+            "responses": {"200": {"description": "The receipt.", "content": {"multipart/signed": {
+                "schema": {"type": "string"}}}}} | _errors("403", "404"),
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "getOpenAPI",
+            "summary": "This document.",
+            "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
+        }},
+    },
+    "components": {
+        "securitySchemes": {"mutualTLS": {
+            "type": "mutualTLS", "description": "The partner's registered TLS client certificate."}},
+        "schemas": {"Decision": _DECISION, "Finding": _FINDING, "Error": _ERROR},
+        "responses": {name: _json(text, {"$ref": "#/components/schemas/Error"}) for name, text in (
+            ("E400", "A header is malformed (e.g. Idempotency-Key); the message names it."),
+            ("E403", "Not a registered partner from an allowed address; the message says which check failed."),
+            ("E404", "No such receipt for the caller."),
+            ("Error", "Any other error (405 wrong method, 500)."),
+        )},
+    },
+}

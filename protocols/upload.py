@@ -217,11 +217,27 @@ def bounded_request(max_body: int, scratch: Callable[[], IO[bytes]] | None = Non
     return BoundedRequest
 
 
-def api_root(directory: DirectorySource, now: Now, accept: Accept, lookup: ReceiptLookup) -> resource.Resource:
-    """The ``/api`` tree of the mutual-TLS listener: ``/api/v1/documents`` and ``/api/v1/receipts/{id}``."""
+class OpenAPIResource(_Authenticated):
+    """``/api/v1/openapi.json``: this API's contract, for its partners."""
+
+    def __init__(self, directory: DirectorySource, now: Now, document: dict):
+        super().__init__(directory, now)
+        self._body = json.dumps(document, indent=2).encode("utf-8") + b"\n"
+
+    def handle_GET(self, request: IRequest, partner) -> bytes:
+        """The document."""
+        request.setHeader(b"content-type", b"application/json")
+        return self._body
+
+
+def api_root(directory: DirectorySource, now: Now, accept: Accept, lookup: ReceiptLookup,
+             document: dict) -> resource.Resource:
+    """The ``/api`` tree of the mutual-TLS listener: ``/api/v1/documents``, ``/api/v1/receipts/{id}`` and
+    ``/api/v1/openapi.json`` (``document``)."""
     v1 = resource.Resource()
     v1.putChild(b"documents", DocumentsResource(directory, now, accept))
     v1.putChild(b"receipts", ReceiptsResource(directory, now, lookup))
+    v1.putChild(b"openapi.json", OpenAPIResource(directory, now, document))
     api = resource.Resource()
     api.putChild(b"v1", v1)
     return api

@@ -157,3 +157,18 @@ def test_sigterm_under_load_exits_cleanly_and_keeps_every_accepted_invoice(home,
     stored = {m for (m,) in query(daemon, "SELECT id FROM messages")}
     assert accepted <= stored
     assert all(r.status in (0, 201, 503) for r in responses), [r.status for r in responses]
+
+
+def test_the_openapi_document_lists_exactly_what_the_partner_api_serves(daemon, tmp_path):
+    """``GET /api/v1/openapi.json`` (client certificate): OpenAPI 3.1 with documents, receipts and itself — each
+    of which answers on the listener — and a path that is not in the document is 404."""
+    from gateway.openapi import PARTNER_DOCUMENT
+
+    response = get(daemon, "/api/v1/openapi.json", tmp_path)
+    assert response.status == 200 and response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert document == PARTNER_DOCUMENT and document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {"/documents", "/receipts/{id}", "/openapi.json"}
+    assert get(daemon, "/api/v1/documents", tmp_path).status == 405  # exists; POST only
+    assert get(daemon, "/api/v1/receipts/" + "0" * 32, tmp_path).status == 404
+    assert get(daemon, "/api/v1/nothing-here", tmp_path).status == 404
