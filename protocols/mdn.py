@@ -16,10 +16,9 @@ import secrets
 from collections.abc import Sequence
 
 import attrs
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs7
 
 from certs.x509 import Certificate, PrivateKey
+from protocols.as2 import cms
 from protocols.findings import Finding
 
 CRLF = "\r\n"
@@ -161,7 +160,7 @@ class ReceiptEntity:
 
 
 #: Digests a receipt signature may use, by ``micalg`` name (RFC 5751 §3.4.3.2).
-SIGNATURE_DIGESTS = {"sha-256": hashes.SHA256, "sha-384": hashes.SHA384, "sha-512": hashes.SHA512}
+SIGNATURE_DIGESTS = {"sha-256": "sha256", "sha-384": "sha384", "sha-512": "sha512"}
 
 
 def unsigned(report: bytes) -> ReceiptEntity:
@@ -178,10 +177,7 @@ def sign(report: bytes, key: PrivateKey, certificate: Certificate,
     ``micalg`` is one of :data:`SIGNATURE_DIGESTS`; anything weaker is signed with SHA-256.
     """
     micalg = micalg if micalg in SIGNATURE_DIGESTS else "sha-256"
-    builder = pkcs7.PKCS7SignatureBuilder().set_data(report).add_signer(certificate, key, SIGNATURE_DIGESTS[micalg]())
-    for extra in chain:
-        builder = builder.add_certificate(extra)
-    der = builder.sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
+    der = cms.sign(report, key, certificate, digest=SIGNATURE_DIGESTS[micalg], chain=chain)
     signature = base64.encodebytes(der).decode("ascii").replace("\n", CRLF)
     boundary = _boundary("signed")
     body = (

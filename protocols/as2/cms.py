@@ -1125,10 +1125,22 @@ def _verify_signer(signer_info, content_digest: Callable[[str], bytes], content_
             claimed = _single_attribute(signed_attrs, "message_digest").native
             if not hmac.compare_digest(claimed, digested):
                 raise SignatureInvalid("the message digest does not match the content: the content was changed")
-            # The signature covers the DER of the attributes as a SET, whatever encoding arrived.
-            signed, signed_algorithm = signed_attrs.untag().dump(force=True), algorithm
+            # The signature covers the DER of the attributes as a SET, whatever encoding arrived. Most senders
+            # send DER: the received bytes with the SET tag are tried first, re-encoding (slow) only if need be.
+            received = signed_attrs.dump()
+            signed = b"\x31" + received[1:] if received[1:2] != b"\x80" else None
+            signed_algorithm = algorithm
     try:
-        public_key.verify(signature, signed, signature_padding, signed_algorithm)
+        try:
+            public_key.verify(signature, signed or b"", signature_padding, signed_algorithm)
+        except InvalidSignature:
+            if isinstance(signed_attrs, core.Void):
+                raise
+            with _parsing():
+                der = signed_attrs.untag().dump(force=True)
+            if der == signed:
+                raise
+            public_key.verify(signature, der, signature_padding, signed_algorithm)
     except (InvalidSignature, ValueError):
         raise SignatureInvalid(
             f"the signature by {cert.subject.rfc4514_string()} does not verify: the content or signature was changed"

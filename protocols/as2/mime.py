@@ -14,6 +14,7 @@ hashed and decoded in chunks, never held in memory whole; a small one is the sam
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import quopri
@@ -255,6 +256,7 @@ def parse_entity(data: bytes | Region) -> Entity:
     return Entity(headers, region.sub(start))
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_content_type(value: str) -> ContentType:
     """``type/subtype; name=value; ...`` → :class:`ContentType` (quoted values and RFC 2231 handled)."""
     parser = _ValueParser()
