@@ -32,7 +32,6 @@ from spool.database import reading
 from spool.records import Delivery, Message
 
 ACTOR = "gateway"
-MAX_DELAY = timedelta(hours=6)
 
 
 class PushTarget(Protocol):
@@ -41,12 +40,6 @@ class PushTarget(Protocol):
 
     def push(self, message: Message, delivery: Delivery, recipient: Partner) -> Deferred:
         """Deliver ``message`` to ``recipient``."""
-
-
-def retry_delay(attempt: int, backoff: float, rng: random.Random) -> timedelta:
-    """The wait after failed attempt number ``attempt`` (1-based): equal jitter on a capped exponential."""
-    ceiling = min(backoff * 2 ** (attempt - 1), MAX_DELAY.total_seconds())
-    return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 def thd_claim(engine: Engine, now: datetime, worker: str, limit: int, lease: timedelta) -> list[Delivery]:
@@ -148,17 +141,13 @@ class DeliveryService(RoundsService):
                  max_attempts: int, backoff: float, interval: float = 5.0, batch: int = 64,
                  lease: timedelta = timedelta(minutes=10), worker: str | None = None,
                  rng: random.Random | None = None):
-        super().__init__(clock, interval, ready)
+        super().__init__(clock, interval, ready, now=now, max_attempts=max_attempts, backoff=backoff, rng=rng)
         self.worker = worker or socket.gethostname()
         self._db = db
-        self._now = now
         self._directory = directory
         self._targets = dict(targets)
-        self._max_attempts = max_attempts
-        self._backoff = backoff
         self._batch = batch
         self._lease = lease
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
 
     async def _round(self) -> None:
         while self.running:
@@ -214,11 +203,6 @@ class DeliveryService(RoundsService):
         d = self._db.run(thd_receipt_arrived, recipient_id, original_id, disposition, status, mic, self._now(),
                          self._retry_at)
         return d.addCallback(lambda done: (self.wake(), done)[1])
-
-    def _retry_at(self, attempts: int) -> datetime | None:
-        if attempts >= self._max_attempts:
-            return None
-        return self._now() + retry_delay(attempts, self._backoff, self._rng)
 
     def _postpone(self, delivery: Delivery, reason: str) -> Deferred:
         now = self._now()

@@ -17,7 +17,6 @@ from sqlalchemy.engine import Engine
 from twisted.internet.defer import Deferred, succeed
 
 from gateway.database_service import DatabaseService
-from gateway.delivery import retry_delay
 from gateway.rounds import RoundsService
 from spool import audit, records
 from spool.records import StoredReceipt
@@ -58,15 +57,11 @@ class ReceiptCourier(RoundsService):
                  *, ready: Callable[[], Deferred] = lambda: succeed(None), max_attempts: int, backoff: float,
                  interval: float = 5.0, batch: int = 32, lease: timedelta = timedelta(minutes=5),
                  rng: random.Random | None = None):
-        super().__init__(clock, interval, ready)
+        super().__init__(clock, interval, ready, now=now, max_attempts=max_attempts, backoff=backoff, rng=rng)
         self._db = db
-        self._now = now
         self._senders = dict(senders)
-        self._max_attempts = max_attempts
-        self._backoff = backoff
         self._batch = batch
         self._lease = lease
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
 
     async def _round(self) -> None:
         while self.running:
@@ -88,9 +83,7 @@ class ReceiptCourier(RoundsService):
             except Exception as e:  # any failure is one failed attempt, recorded and retried
                 error = str(e) or type(e).__name__
         attempt = receipt.attempts + 1
-        retry_at = None
-        if error is not None and attempt < self._max_attempts:
-            retry_at = self._now() + retry_delay(attempt, self._backoff, self._rng)
+        retry_at = self._retry_at(attempt) if error is not None else None
         if error is not None:
             self._log.warn("receipt {id} to {partner} not sent (attempt {n}): {error}", id=receipt.id,
                            partner=receipt.partner_id, n=attempt, error=error)

@@ -2,15 +2,26 @@
 """Work done in rounds: now when woken, else every ``interval`` seconds, never two rounds at once.
 
 The delivery queue and the receipt courier both poll the database for due work, and are woken early
-when new work is committed. A wake during a round runs one more round right after it.
+when new work is committed. A wake during a round runs one more round right after it. Both retry a
+failed attempt after :func:`retry_delay`, up to ``max_attempts``.
 """
 
+import random
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+MAX_DELAY = timedelta(hours=6)
+
+
+def retry_delay(attempt: int, backoff: float, rng: random.Random) -> timedelta:
+    """The wait after failed attempt number ``attempt`` (1-based): equal jitter on a capped exponential."""
+    ceiling = min(backoff * 2 ** (attempt - 1), MAX_DELAY.total_seconds())
+    return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 class RoundsService(Service):
@@ -18,7 +29,12 @@ class RoundsService(Service):
 
     _log = Logger()
 
-    def __init__(self, clock, interval: float, ready: Callable[[], Deferred] = lambda: succeed(None)):
+    def __init__(self, clock, interval: float, ready: Callable[[], Deferred] = lambda: succeed(None), *,
+                 now: Callable[[], datetime], max_attempts: int, backoff: float, rng: random.Random | None = None):
+        self._now = now
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._loop = LoopingCall(self.wake)
         self._loop.clock = clock
         self._interval = interval
@@ -60,6 +76,12 @@ class RoundsService(Service):
         if self._again:
             self._again = False
             self.wake()
+
+    def _retry_at(self, attempts: int) -> datetime | None:
+        """When to try again after ``attempts`` failed attempts; None once they are used up."""
+        if attempts >= self._max_attempts:
+            return None
+        return self._now() + retry_delay(attempts, self._backoff, self._rng)
 
     async def _round(self) -> None:
         raise NotImplementedError

@@ -20,7 +20,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from gateway.delivery import MAX_DELAY, DeliveryService, retry_delay
+from gateway.delivery import DeliveryService
+from gateway.rounds import MAX_DELAY, retry_delay
 from gateway.router import targets_for
 from partners.directory import Partner, PartnerDirectory
 from protocols.envelope import DeliveryFailed
