@@ -181,6 +181,21 @@ partner.command("disable")(_status_command("disabled", "disabled"))
 partner.command("enable")(_status_command("active", "enabled"))
 
 
+@partner.command("set")
+@click.argument("partner_id", metavar="ID")
+@click.option("--name", help="New display name.")
+@click.option("--deliver", type=click.Choice(DELIVERY_MODES), help="How documents reach the partner.")
+@click.option("--as2-url", help="https:// URL to push AS2 messages to (empty string: none).")
+@pass_ctx
+def partner_set(c: Context, partner_id: str, name: str | None, deliver: str | None, as2_url: str | None) -> None:
+    """Change a partner's name, delivery mode or AS2 URL."""
+    if name is None and deliver is None and as2_url is None:
+        raise click.UsageError("give at least one of --name, --deliver, --as2-url")
+    with c.change("partner.changed", partner_id) as (conn, facts):
+        facts.update(store.set_delivery(conn, partner_id, now(), deliver=deliver, as2_url=as2_url, name=name))
+    click.echo(f"partner {partner_id} changed")
+
+
 @partner.command("remove")
 @click.argument("partner_id", metavar="ID")
 @pass_ctx

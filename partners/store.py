@@ -162,6 +162,22 @@ def set_policy(conn: Connection, partner_id: str, policy: Policy, now: datetime)
     _touch(conn, partner_id, now)
 
 
+def set_delivery(conn: Connection, partner_id: str, now: datetime, *, deliver: str | None = None,
+                 as2_url: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """Change a partner's display name, delivery mode or AS2 URL (only what is given); what it is now."""
+    require_partner(conn, partner_id)
+    row = conn.execute(select(partners).where(partners.c.id == partner_id)).one()
+    mine = {kind: list(conn.scalars(select(identifiers.c.value).where(
+        identifiers.c.partner_id == partner_id, identifiers.c.kind == kind))) for kind in ("as2", "email")}
+    new = {"name": ids.display_name(name) if name is not None else row.name,
+           "deliver": deliver if deliver is not None else row.deliver,
+           "as2_url": ids.https_url(as2_url) if as2_url else (None if as2_url == "" else row.as2_url)}
+    _check_delivery(new["deliver"], new["as2_url"], mine["as2"], mine["email"])
+    conn.execute(update(partners).where(partners.c.id == partner_id).values(**new))
+    _touch(conn, partner_id, now)
+    return new
+
+
 def set_as2_options(conn: Connection, partner_id: str, options: dict[str, Any], now: datetime) -> None:
     """Replace how messages to a partner are wrapped (checked by the caller, which knows the algorithms)."""
     require_partner(conn, partner_id)

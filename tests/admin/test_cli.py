@@ -287,6 +287,36 @@ def test_policy_with_an_unknown_setting_is_refused_and_changes_nothing(postroom)
     assert postroom.snapshot() == before
 
 
+# -- delivery and AS2 options -------------------------------------------------------------------------
+
+
+def test_partner_set_changes_delivery_and_as2_url_and_checks_them(postroom):
+    """``partner set`` changes only what is given; push by AS2 needs an https URL and an AS2 ID."""
+    assert "needs --as2-url" in postroom.refused("partner", "set", "acme", "--deliver", "as2")
+    assert "https://" in postroom.refused("partner", "set", "acme", "--as2-url", "http://plain.example/as2")
+    postroom.ok("partner", "set", "acme", "--deliver", "as2", "--as2-url", "https://acme.example/as2")
+    shown = postroom.json("partner", "show", "acme")
+    assert (shown["deliver"], shown["as2_url"], shown["name"]) == ("as2", "https://acme.example/as2",
+                                                                   "ACME Corporation")
+    assert "needs --as2-url" in postroom.refused("partner", "set", "acme", "--as2-url", "")
+    postroom.ok("partner", "set", "acme", "--deliver", "mailbox", "--as2-url", "", "--name", "ACME")
+    shown = postroom.json("partner", "show", "acme")
+    assert (shown["deliver"], shown["as2_url"], shown["name"]) == ("mailbox", None, "ACME")
+
+
+def test_as2_options_are_checked_stored_as_changes_and_shown_whole(postroom):
+    """``partner as2 ID k=v``: unknown names and values are refused naming the choices; defaults fill the rest."""
+    assert postroom.json("partner", "as2", "acme")["cipher"] == "aes256-cbc"
+    postroom.ok("partner", "as2", "acme", "cipher=aes128-gcm", "compress=true", "key-transport=rsa-oaep-sha256")
+    shown = postroom.json("partner", "as2", "acme")
+    assert (shown["cipher"], shown["compress"], shown["key_transport"], shown["digest"]) == (
+        "aes128-gcm", True, "rsa-oaep-sha256", "sha256")
+    assert "aes256-cbc" in postroom.refused("partner", "as2", "acme", "cipher=rc2")
+    assert "true or false" in postroom.refused("partner", "as2", "acme", "compress=maybe")
+    assert "NAME=VALUE" in postroom.refused("partner", "as2", "acme", "colour=blue")
+    assert postroom.json("partner", "as2", "acme")["cipher"] == "aes128-gcm"
+
+
 # -- PKI ----------------------------------------------------------------------------------------------
 
 
