@@ -160,7 +160,7 @@ class ReceiptEntity:
 
 
 #: Digests a receipt signature may use, by ``micalg`` name (RFC 5751 §3.4.3.2).
-SIGNATURE_DIGESTS = {"sha-256": "sha256", "sha-384": "sha384", "sha-512": "sha512"}
+SIGNATURE_DIGESTS = {"sha-224": "sha224", "sha-256": "sha256", "sha-384": "sha384", "sha-512": "sha512"}
 
 
 def unsigned(report: bytes) -> ReceiptEntity:
