@@ -19,8 +19,12 @@ PSS and OAEP paths are covered by the openssl-driven tests in tests/e2e/test_as2
 """
 
 import base64
+import contextlib
 import hashlib
 import itertools
+import socket
+import ssl
+import threading
 import uuid
 from pathlib import Path
 
@@ -305,6 +309,72 @@ def test_django_pyas2_cannot_connect_without_a_client_certificate(django_pyas2, 
     assert query(daemon, "SELECT count(*) FROM messages WHERE number = :n", n=sent.number) == [(0,)]
     assert query(daemon, "SELECT (SELECT count(*) FROM messages WHERE sender_id = 'peer'), "
                          "(SELECT count(*) FROM quarantine WHERE sender_id = 'peer')") == before
+
+
+class TLSClientProxy:
+    """What a partner whose AS2 software cannot present a client certificate runs in front of it (stunnel's
+    client mode): plain TCP in on loopback, TLS with the partner's client certificate out to the daemon."""
+
+    def __init__(self, target_port: int, cert: Path, key: Path, ca: Path):
+        self._context = ssl.create_default_context(cafile=str(ca))
+        self._context.load_cert_chain(str(cert), str(key))
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._spawn(self._accept)
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                inside, _ = self._listener.accept()
+            except OSError:
+                return
+            outside = self._context.wrap_socket(socket.create_connection(("127.0.0.1", self._target)),
+                                                server_hostname="localhost")
+            self._spawn(self._pipe, inside, outside)
+            self._spawn(self._pipe, outside, inside)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def test_django_pyas2_behind_a_tls_client_proxy_is_processed(django_pyas2, daemon, peer, tmp_path):
+    """With the client certificate added by a TLS proxy in front of it, django-pyas2's signed, encrypted,
+    compressed message is accepted and its signed MDN says processed."""
+    proxy = TLSClientProxy(daemon.ports["as2"], peer.tls_cert, peer.tls_key, daemon.home.dev_ca / "ca.crt")
+    try:
+        to_us = gateway_as_partner(daemon, url=f"http://127.0.0.1:{proxy.port}/as2", compress=True)
+        django = django_pyas2(peer.config([to_us]), serve=False)
+        sent = fresh_invoice(tmp_path)
+        result = django.send("POSTROOM", sent.path)
+    finally:
+        proxy.close()
+    (message,) = result["messages"]
+    assert message["status"] == "S", result  # django-pyas2: "success" (processed MDN, verified)
+    assert query(daemon, "SELECT sender_id, recipient_id, channel FROM messages WHERE number = :n",
+                 n=sent.number) == [("peer", "globex", "as2")]
 
 
 # --------------------------------------------------------------------------------------------------
