@@ -1,0 +1,3 @@
+"""The SFTP door: a virtual per-partner tree (:mod:`.tree`) served by asyncssh (:mod:`.server`)."""
+
+__all__ = ["server", "tree"]
