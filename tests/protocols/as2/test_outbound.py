@@ -130,3 +130,22 @@ def test_untrusted_tampered_or_unsigned_mdns_are_refused(pki):
         outbound.read_mdn(headers, body, trusted=[cert], cas=(), now=current(), require_signature=True)
     unsigned = outbound.read_mdn(headers, body, trusted=[cert], cas=(), now=current(), require_signature=False)
     assert unsigned.mic == "abc="
+
+
+def test_sign_then_compress_is_read_too(pki):
+    """RFC 5402 allows compression outside the signature as well as inside: the door reads both orders."""
+    from protocols.as2 import cms
+    from protocols.as2.mime import build_entity
+
+    _, _, issued = pki
+    _, our_cert = _pair(issued["us-sign"])
+    signed = _build(pki, outbound.SendOptions(encrypt=False))
+    signed_entity = build_entity([("Content-Type", dict(signed.headers)["Content-Type"])], signed.body.read())
+    compressed = cms.compress(signed_entity)
+    headers = Headers.of([("Content-Type", "application/pkcs7-mime; smime-type=compressed-data")])
+    got = inbound.unwrap(headers, compressed, recipients=(), trusted=[our_cert], cas=(),
+                         security=inbound.Security(require_encryption=False), mic_digest="sha256",
+                         max_decompressed=1 << 20, now=current())
+    assert got.payload.read() == b"<Invoice>1</Invoice>"
+    assert (got.signed, got.compressed, got.encrypted) == (True, True, False)
+    assert got.mic == signed.mic
