@@ -246,3 +246,11 @@ def test_a_message_without_message_id_is_a_bad_request(daemon, tmp_path):
     response = send(daemon, built, tmp_path, extra={"Message-ID": ""})
     assert response.status == 400
     assert b"Message-ID" in response.body
+
+
+def test_a_chunked_request_body_is_taken_like_one_with_a_length(daemon, tmp_path):
+    """``Transfer-Encoding: chunked`` (no Content-Length): spooled and read the same way."""
+    built = build(daemon.home, fresh(), tmp_path)
+    message_id = f"<{uuid.uuid4().hex}@openssl>"
+    response = send(daemon, built, tmp_path, message_id=message_id, extra={"Transfer-Encoding": "chunked"})
+    assert_processed(daemon, response, built, tmp_path, message_id)
