@@ -12,7 +12,6 @@ import base64
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import BinaryIO
 
 import attrs
 
@@ -170,9 +169,6 @@ class _Peeled:
     signature_digest: str | None = None
     decrypted_entity: Region | None = None
 
-    def sink(self) -> BinaryIO:
-        return self.scratch()
-
 
 def unwrap(headers: Headers, body: bytes | Region, *, recipients: Sequence[tuple[PrivateKey, Certificate]],
            trusted: Sequence[Certificate], cas: Sequence[Certificate], security: Security, mic_digest: str,
@@ -227,7 +223,7 @@ def _open_pkcs7(entity: Entity, state: _Peeled, *, recipients, trusted, cas, sec
                 max_decompressed: int, max_ratio: int, now: datetime) -> Entity:
     der = entity.decoded(state.scratch)
     kind = cms.peek_kind(der.read(cms.PEEK_BYTES))
-    sink = state.sink()
+    sink = state.scratch()
     if kind in ("enveloped", "auth-enveloped"):
         if state.encrypted:
             raise AS2Refused(AS2_FORMAT, "The message is encrypted twice; encrypt once.", state.mic)
