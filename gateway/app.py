@@ -36,6 +36,7 @@ from gateway.portal_api import build_api
 from gateway.receipt_courier import ReceiptCourier
 from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
+from gateway.sftp_service import SFTPDoor
 from partners.networks import NetworkSet, parse_network
 from protocols.as2.client import Poster
 from protocols.as2.mime import Region
@@ -222,6 +223,12 @@ class PostroomService(MultiService):
             home_page.putChild(b"api", build_api(self.db, self.blobs, self.signer, self._now))
             site = _site(home_page)
             doors.append(Door("portal", config.listen.portal, self._guard(with_tls(tls, site), "portal", extra)))
+        if config.listen.sftp:
+            pki = config.home.pki
+            sftp = SFTPDoor(reactor, [pki / "ssh_host_ed25519_key", pki / "ssh_host_rsa_key"], self.db,
+                            self.blobs, self.signer, self.directory.get, self._accept, self.io.run, self._now,
+                            self.metrics, config.limits.max_payload_bytes)
+            doors.append(Door("sftp", config.listen.sftp, None, sftp.listen))
         if config.listen.metrics:
             site = _site(operations_root(self.metrics, self.directory.health))
             doors.append(Door("metrics", config.listen.metrics, site))

@@ -24,11 +24,16 @@ from certs.files import write_atomically
 
 @attrs.frozen
 class Door:
-    """One listener: a name for ``ports.json``, a Twisted endpoint string and the factory to serve."""
+    """One listener: a name for ``ports.json``, a Twisted endpoint string and the factory to serve.
+
+    A door that is not a Twisted protocol (the asyncssh SFTP door) gives ``listen(endpoint)`` instead:
+    a Deferred firing with an object that has ``getHost().port`` and ``stopListening()``.
+    """
 
     name: str
     endpoint: str
-    factory: Factory
+    factory: Factory | None
+    listen: Callable[[str], Deferred] | None = None
 
 
 class ListenerService(Service):
@@ -57,7 +62,10 @@ class ListenerService(Service):
         await self._ready()
         for door in self._doors:
             try:
-                port = await serverFromString(self._reactor, door.endpoint).listen(door.factory)
+                if door.listen is not None:
+                    port = await door.listen(door.endpoint)
+                else:
+                    port = await serverFromString(self._reactor, door.endpoint).listen(door.factory)
             except Exception as e:
                 raise RuntimeError(f"cannot listen for {door.name} on {door.endpoint!r}: {e}") from e
             self.ports[door.name] = port

@@ -43,6 +43,10 @@ class Metrics:
             "postroom_messages", "Intake decisions: accepted, duplicate, rejected, unavailable", ["channel", "outcome"],
             registry=self.registry,
         )
+        self.sftp_transfers = Counter(
+            "postroom_sftp_transfers", "Files moved through the SFTP door, by result", ["result"],
+            registry=self.registry,
+        )
         self.commit_batch = Histogram(
             "postroom_commit_batch_size", "Messages made durable per group commit", registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),

@@ -165,16 +165,25 @@ def thd_mark(engine: Engine, signer: ReceiptSigner, token: TokenInfo, message_id
 
     :raises UnknownMessage: not in the token's partner's mailbox.
     """
-    item = thd_item(engine, token.partner_id, message_id)
+    return thd_mark_as(engine, signer, token.partner_id, f"token:{token.prefix}", message_id, event, now)
+
+
+def thd_mark_as(engine: Engine, signer: ReceiptSigner, partner_id: str, actor: str, message_id: str, event: str,
+                now: datetime) -> MailboxItem:
+    """:func:`thd_mark` for any door: ``actor`` is who the audit event names (``token:…``, ``sftp:…``).
+
+    :raises UnknownMessage: not in ``partner_id``'s mailbox.
+    """
+    item = thd_item(engine, partner_id, message_id)
     if getattr(item, f"{event}_at") is not None:
         return item  # already on record: nothing to sign, nothing to write
     receipt = signer.returned(item.message, event, now)
     with engine.begin() as conn:
-        if records.mark_item(conn, token.partner_id, message_id, event, now):  # False: a concurrent request won
-            audit.append(conn, f"token:{token.prefix}", f"mailbox.{event}", now, message_id=message_id,
-                         details={"partner": token.partner_id})
+        if records.mark_item(conn, partner_id, message_id, event, now):  # False: a concurrent request won
+            audit.append(conn, actor, f"mailbox.{event}", now, message_id=message_id,
+                         details={"partner": partner_id})
             records.insert_receipt(conn, receipt)
-        return records.mailbox_item(conn, token.partner_id, message_id)
+        return records.mailbox_item(conn, partner_id, message_id)
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------

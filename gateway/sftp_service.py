@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.e2e.test_sftp_door -*-
+"""The SFTP door wired into the daemon: the asyncssh listener on the reactor's loop, and its backend.
+
+:class:`SFTPDoor` gives :class:`~gateway.listeners.ListenerService` a ``listen(endpoint)`` for a
+``tcp:PORT[:interface=ADDR]`` endpoint; the listening object it returns reports its bound port (for
+``ports.json``) and, on ``stopListening``, closes the acceptor *and* every open connection (asyncssh's
+``close()`` leaves established connections running). asyncssh coroutines start from Twisted through
+``Deferred.fromFuture(asyncio.ensure_future(…))``; everything the door asks the gateway — the intake,
+mailbox listings, the download and acknowledgement records — runs in threads through Deferreds.
+"""
+
+import asyncio
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import asyncssh
+import attrs
+from sqlalchemy import select
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from gateway.database_service import DatabaseService
+from gateway.metrics import Metrics
+from gateway.portal_api import thd_mark_as
+from gateway.receipts import ReceiptSigner
+from protocols.mdn import ReceiptEntity
+from protocols.sftp import server as door
+from protocols.sftp.tree import PathRefused, check_name
+from spool import records
+from spool.blobs import BlobStore
+from spool.schema import messages, quarantine, receipts
+
+_log = Logger()
+_LISTING = 1000  #: files shown per folder
+
+
+def parse_endpoint(endpoint: str) -> tuple[str | None, int]:
+    """``(interface, port)`` of a Twisted ``tcp:`` endpoint string (``tcp:2222:interface=127.0.0.1``).
+
+    :raises ValueError: not a ``tcp:`` endpoint with a port.
+    """
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", endpoint)]
+    if parts[0] != "tcp":
+        raise ValueError(f"the SFTP door listens on tcp: endpoints only, not {endpoint!r}")
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    positional = [p for p in parts[1:] if "=" not in p]
+    port = options.get("port") or (positional[0] if positional else None)
+    if port is None or not port.isdigit():
+        raise ValueError(f"no port in {endpoint!r}")
+    return options.get("interface") or None, int(port)
+
+
+def _file_name(name: str | None, fallback: str) -> str:
+    try:
+        return check_name((name or "").replace("\\", "/").rsplit("/", 1)[-1])
+    except PathRefused:
+        return fallback
+
+
+def _unique(entries: list, make: Callable) -> list:
+    """Entries newest first; a name already shown gets the record ID before its suffix."""
+    seen, out = set(), []
+    for entry in entries:
+        item = make(entry, None)
+        if item.name in seen:
+            item = make(entry, entry)
+        seen.add(item.name)
+        out.append(item)
+    return out
+
+
+def thd_outbox(engine, partner_id: str) -> list[door.OutboxFile]:
+    """The partner's mailbox as ``/outbox/`` files, newest first."""
+    with engine.connect() as conn:
+        items = records.mailbox(conn, partner_id, limit=_LISTING)
+
+    def make(item, disambiguate):
+        m = item.message
+        name = _file_name(m.filename, f"{m.id}.xml")
+        if disambiguate is not None:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}.{m.id}.{ext}" if dot and stem else f"{name}.{m.id}"
+        return door.OutboxFile(name, m.id, m.size, m.sha256, int(m.received_at.timestamp()))
+
+    return _unique(items, make)
+
+
+def thd_receipts(engine, partner_id: str) -> list[door.ReceiptFile]:
+    """The intake receipts of everything the partner sent (accepted or refused) as ``/receipts/`` files."""
+    accepted = (select(receipts, messages.c.filename).join(messages, receipts.c.message_id == messages.c.id)
+                .where(messages.c.sender_id == partner_id, receipts.c.kind == "acceptance"))
+    refused = (select(receipts, quarantine.c.filename).join(quarantine, receipts.c.quarantine_id == quarantine.c.id)
+               .where(quarantine.c.sender_id == partner_id, receipts.c.kind == "rejection"))
+    with engine.connect() as conn:
+        rows = [*conn.execute(accepted), *conn.execute(refused)]
+    rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+
+    def make(row, disambiguate):
+        base = _file_name(row.filename, row.message_id or row.quarantine_id or row.id)
+        name = f"{base}.{row.id}.mdn" if disambiguate is not None else f"{base}.mdn"
+        data = ReceiptEntity(row.content_type, row.body).as_mime()
+        return door.ReceiptFile(name[-255:], data, int(row.created_at.timestamp()))
+
+    return _unique(rows[:_LISTING], make)
+
+
+@attrs.define
+class SFTPPort:
+    """The running listener, as :class:`~gateway.listeners.ListenerService` sees a port."""
+
+    acceptor: asyncssh.SSHAcceptor
+    connections: set
+    loop: asyncio.AbstractEventLoop
+    bound: int
+
+    def getHost(self):
+        """An object with the bound ``port``."""
+        return attrs.make_class("Host", ["port"])(self.bound)
+
+    def stopListening(self) -> Deferred:
+        """Stop accepting, then close every open connection and wait for them (bounded)."""
+        return Deferred.fromFuture(asyncio.ensure_future(self._stop(), loop=self.loop))
+
+    async def _stop(self) -> None:
+        self.acceptor.close()
+        for conn in list(self.connections):
+            conn.close()
+        waits = [c.wait_closed() for c in list(self.connections)] + [self.acceptor.wait_closed()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 10)
+        except TimeoutError:
+            for conn in list(self.connections):
+                conn.abort()
+        self.connections.clear()
+
+
+class SFTPDoor:
+    """The door's composition: host keys, the backend over the gateway's services, and ``listen``."""
+
+    def __init__(self, reactor, host_keys: list[Path], db: DatabaseService, blobs: BlobStore, signer: ReceiptSigner,
+                 directory: Callable, accept: Callable, run_io: Callable[..., Deferred], now: Callable[[], datetime],
+                 metrics: Metrics, max_bytes: int):
+        self._loop = getattr(reactor, "_asyncioEventloop", None) or asyncio.get_event_loop()
+        self._host_keys = host_keys
+        self._db, self._signer, self._now, self._metrics = db, signer, now, metrics
+        self.connections: set = set()
+        self.backend = door.Backend(
+            directory=directory, accept=accept, outbox=lambda p: db.run(thd_outbox, p),
+            receipts=lambda p: db.run(thd_receipts, p), mark=self._mark,
+            open_blob=lambda sha256: run_io(blobs.open, sha256), run_io=run_io, scratch=blobs.scratch,
+            transferred=self._transferred, max_bytes=max_bytes)
+
+    def _mark(self, partner_id: str, message_id: str, event: str) -> Deferred:
+        return self._db.run(thd_mark_as, self._signer, partner_id, f"sftp:{partner_id}", message_id, event,
+                            self._now())
+
+    def _transferred(self, record: dict) -> None:
+        self._metrics.sftp_transfers.labels(result=record["result"]).inc()
+        _log.info("sftp transfer {transfer}", transfer=door.transfer_line(record))
+
+    def listen(self, endpoint: str) -> Deferred:
+        """Start listening on ``endpoint``; fires with an :class:`SFTPPort`."""
+        return Deferred.fromFuture(asyncio.ensure_future(self._listen(endpoint), loop=self._loop))
+
+    async def _listen(self, endpoint: str) -> SFTPPort:
+        host, port = parse_endpoint(endpoint)
+        keys = [asyncssh.read_private_key(str(p)) for p in self._host_keys]
+        acceptor = await door.listen(host, port, keys, self.backend, self.connections, self._loop)
+        return SFTPPort(acceptor, self.connections, self._loop, acceptor.get_port())

@@ -1,0 +1,465 @@
+# -*- test-case-name: tests.e2e.test_sftp_door -*-
+"""The SFTP door's asyncssh adapter: who may connect, and what each SFTP request does to the tree.
+
+:class:`DoorSSHServer` (one per connection) drops a source no active partner allowlists in
+``connection_made``, before any SSH byte is sent; then the username is the partner ID and only a
+public key registered to that active partner, from a source in that partner's own allowlist, logs in.
+Three failed attempts disconnect. :class:`DoorSFTPServer` (one per session) serves the virtual tree of
+:mod:`protocols.sftp.tree` — nothing on disk per partner:
+
+- ``/inbox/NAME``: an upload streams into an anonymous spool scratch file; a *clean* close hands it to
+  the intake and replies only once the decision is durable (a refusal is an SFTP failure carrying
+  the first finding). A close that asyncssh makes while tearing a dead channel down ingests nothing.
+  Temporary names (:func:`~protocols.sftp.tree.is_held`) are taken on rename to a final name.
+- ``/outbox/``: the mailbox; the first complete read of a file records the download, ``remove``
+  acknowledges it (both with the sender's return receipt, as the portal does).
+- ``/receipts/``: ``NAME.mdn``, the signed receipt for each upload, as a MIME entity.
+
+asyncssh runs on the reactor's asyncio loop: Twisted Deferreds are awaited through
+``Deferred.asFuture(loop)``, never directly. The clean-close test reads the channel's private
+``_recv_state`` (asyncssh 2.24.1 is pinned; ``tests/protocols/sftp/test_server.py`` catches a change).
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+import asyncssh
+import attrs
+from asyncssh.sftp import FXF_APPEND, FXF_CREAT, FXF_READ, FXF_WRITE, SFTPAttrs, SFTPName
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from protocols.envelope import Envelope, IntakeUnavailable
+from protocols.sftp.tree import INBOX, OUTBOX, RECEIPTS, PathRefused, VPath, is_held, resolve
+
+_log = Logger()
+
+MAX_AUTH_FAILURES = 3
+#: Modern algorithms only (ML-KEM/curve25519 key exchange, AEAD or CTR with encrypt-then-MAC).
+KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org"]
+ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                   "aes128-ctr", "aes256-ctr"]
+MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"]
+_DIR_MODE, _FILE_MODE = 0o040500, 0o100400
+
+
+@attrs.frozen
+class OutboxFile:
+    """A mailbox item as ``/outbox/`` shows it."""
+
+    name: str
+    message_id: str
+    size: int
+    sha256: str
+    mtime: int
+
+
+@attrs.frozen
+class ReceiptFile:
+    """A receipt as ``/receipts/`` shows it: the whole MIME entity."""
+
+    name: str
+    data: bytes
+    mtime: int
+
+
+@attrs.frozen
+class Backend:
+    """What the door needs from the gateway; every ``Deferred`` fires on the reactor."""
+
+    directory: Callable[[], Any]  #: the partner directory snapshot
+    accept: Callable[[Envelope, IO[bytes]], Deferred]  #: the intake
+    outbox: Callable[[str], Deferred]  #: ``partner_id -> list[OutboxFile]``
+    receipts: Callable[[str], Deferred]  #: ``partner_id -> list[ReceiptFile]``
+    mark: Callable[[str, str, str], Deferred]  #: ``(partner_id, message_id, "downloaded"|"acknowledged")``
+    open_blob: Callable[[str], Deferred]  #: ``sha256 -> binary file`` (opened in a thread)
+    run_io: Callable[..., Deferred]  #: run a blocking function on the I/O pool
+    scratch: Callable[[], IO[bytes]]  #: an anonymous spool temporary file
+    transferred: Callable[[dict], None]  #: one transfer record (logged as JSON and counted)
+    max_bytes: int
+    max_handles: int = 64
+    max_sessions: int = 4
+
+
+class DoorSSHServer(asyncssh.SSHServer):
+    """One connection: the allowlist before any byte, then public-key login as a partner."""
+
+    def __init__(self, backend: Backend, connections: set):
+        self._backend = backend
+        self._connections = connections
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self.host = ""
+        self.partner = None
+        self.failures = 0
+        self.sessions = 0
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Drop a source no active partner allowlists: it never sees a banner."""
+        self._conn = conn
+        self.host = (conn.get_extra_info("peername") or ("",))[0]
+        if not self._backend.directory().allows_anyone(self.host):
+            _log.info("sftp: refused {host}: not in any partner's allowlist", host=self.host)
+            conn.abort()
+            return
+        self._connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection."""
+        self._connections.discard(self._conn)
+
+    def begin_auth(self, username: str) -> bool:
+        """Every login needs a key."""
+        return True
+
+    def password_auth_supported(self) -> bool:
+        """Passwords are off."""
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        """Keyboard-interactive is off."""
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        """Public keys are the only way in."""
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """True only for a key registered to the active partner ``username``, from its own allowlist."""
+        partner = self._backend.directory().by_ssh_fingerprint(key.get_fingerprint("sha256"))
+        if (partner is not None and partner.id == username and partner.active and partner.allows(self.host)):
+            self.partner = partner
+            return True
+        self.failures += 1
+        _log.info("sftp: login refused for {user!r} from {host} ({n} failures)", user=username, host=self.host,
+                  n=self.failures)
+        if self.failures >= MAX_AUTH_FAILURES and self._conn is not None:
+            self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures")
+        return False
+
+    def session_requested(self) -> bool:
+        """At most ``max_sessions`` SFTP sessions at once on one connection."""
+        return self.sessions < self._backend.max_sessions
+
+
+class _Upload:
+    """An open write handle in ``/inbox``."""
+
+    def __init__(self, name: str, scratch: IO[bytes]):
+        self.name = name
+        self.file = scratch
+        self.size = 0
+        self.digest: Any = hashlib.sha256()  # None once writes stop being sequential
+        self.failed: str | None = None
+        self.started = time.monotonic()
+
+
+class _Download:
+    """An open read handle in ``/outbox`` (a blob) or ``/receipts`` (bytes)."""
+
+    def __init__(self, size: int, blob: IO[bytes] | None = None, data: bytes = b"", item: OutboxFile | None = None):
+        self.size = size
+        self.blob = blob
+        self.data = data
+        self.item = item
+        self.ranges: dict[int, int] = {}
+
+    def complete(self) -> bool:
+        covered = 0
+        for offset in sorted(self.ranges):
+            if offset > covered:
+                return False
+            covered = max(covered, offset + self.ranges[offset])
+        return covered >= self.size
+
+
+def _denied(reason: str = "not allowed here") -> asyncssh.SFTPError:
+    return asyncssh.SFTPPermissionDenied(reason)
+
+
+def _thd_write(f: IO[bytes], offset: int, data: bytes) -> None:
+    os.pwrite(f.fileno(), data, offset)
+
+
+def _thd_read(f: IO[bytes], offset: int, size: int) -> bytes:
+    return os.pread(f.fileno(), size, offset)
+
+
+def _thd_hash(f: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    f.seek(0)
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    f.seek(0)
+    return digest.hexdigest()
+
+
+class DoorSFTPServer(asyncssh.SFTPServer):
+    """One SFTP session of one partner, over the virtual tree."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, backend: Backend, loop: asyncio.AbstractEventLoop):
+        super().__init__(chan)
+        self._backend = backend
+        self._loop = loop
+        self._owner: DoorSSHServer = chan.get_connection().get_owner()
+        self._owner.sessions += 1
+        self._partner = self._owner.partner
+        self._handles = 0
+        self._held: dict[str, _Upload] = {}  # closed uploads under a temporary name, waiting for a rename
+        self._taken: dict[str, int] = {}  # final names taken this session (clients stat them after a put)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    async def _wait(self, d: Deferred) -> Any:
+        return await d.asFuture(self._loop)
+
+    def _where(self, path: bytes) -> VPath:
+        try:
+            return resolve(path)
+        except PathRefused as e:
+            raise (asyncssh.SFTPNoSuchFile(str(e)) if e.missing else _denied(str(e))) from None
+
+    async def _outbox(self) -> dict[str, OutboxFile]:
+        return {f.name: f for f in await self._wait(self._backend.outbox(self._partner.id))}
+
+    async def _receipts(self) -> dict[str, ReceiptFile]:
+        return {f.name: f for f in await self._wait(self._backend.receipts(self._partner.id))}
+
+    def _clean(self) -> bool:
+        """True while the client itself sends the request (not asyncssh tearing a dead channel down)."""
+        chan = self.channel
+        return not chan.is_closing() and getattr(chan, "_recv_state", None) == "open"
+
+    def _record(self, upload: _Upload, result: str, sha256: str | None = None) -> None:
+        self._backend.transferred({
+            "partner": self._partner.id, "ip": self._owner.host, "name": upload.name, "size": upload.size,
+            "sha256": sha256, "duration": round(time.monotonic() - upload.started, 3), "result": result})
+
+    # -- files -------------------------------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        """Writes create uploads in ``/inbox``; reads open outbox documents and receipts."""
+        where = self._where(path)
+        if self._handles >= self._backend.max_handles:
+            raise asyncssh.SFTPFailure(f"too many open files (at most {self._backend.max_handles})")
+        if pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT):
+            if where.folder != INBOX or not where.name:
+                raise _denied("uploads go into /inbox")
+            handle: object = _Upload(where.name, await self._wait(self._backend.run_io(self._backend.scratch)))
+        elif pflags & FXF_READ and where.name and where.folder == OUTBOX:
+            item = (await self._outbox()).get(where.name)
+            if item is None:
+                raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+            handle = _Download(item.size, blob=await self._wait(self._backend.open_blob(item.sha256)), item=item)
+        elif pflags & FXF_READ and where.name and where.folder == RECEIPTS:
+            receipt = (await self._receipts()).get(where.name)
+            if receipt is None:
+                raise asyncssh.SFTPNoSuchFile("no such receipt")
+            handle = _Download(len(receipt.data), data=receipt.data)
+        else:
+            raise _denied()
+        self._handles += 1
+        return handle
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        """Stream into the scratch file; past the size cap, fail now and at close."""
+        if not isinstance(file_obj, _Upload):
+            raise _denied("read-only")
+        upload = file_obj
+        if upload.failed:
+            raise asyncssh.SFTPFailure(upload.failed)
+        if offset + len(data) > self._backend.max_bytes:
+            upload.failed = f"file too large: this gateway accepts at most {self._backend.max_bytes} bytes"
+            raise asyncssh.SFTPFailure(upload.failed)
+        if upload.digest is not None and offset == upload.size:
+            upload.digest.update(data)
+        else:
+            upload.digest = None
+        await self._wait(self._backend.run_io(_thd_write, upload.file, offset, data))
+        upload.size = max(upload.size, offset + len(data))
+        return len(data)
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        """Bytes of a document or receipt; every range read is remembered to spot a complete download."""
+        if not isinstance(file_obj, _Download):
+            raise _denied("write-only")
+        if file_obj.blob is not None:
+            data = await self._wait(self._backend.run_io(_thd_read, file_obj.blob, offset, size))
+        else:
+            data = file_obj.data[offset:offset + size]
+        if data:
+            file_obj.ranges[offset] = max(len(data), file_obj.ranges.get(offset, 0))
+        return data
+
+    async def close(self, file_obj: object) -> None:
+        """A clean close of an upload is its commit: reply only once the intake's decision is durable."""
+        self._handles -= 1
+        clean = self._clean()
+        if isinstance(file_obj, _Download):
+            if file_obj.blob is not None:
+                await self._wait(self._backend.run_io(file_obj.blob.close))
+            if clean and file_obj.item is not None and file_obj.complete():
+                await self._wait(self._backend.mark(self._partner.id, file_obj.item.message_id, "downloaded"))
+            return
+        upload: _Upload = file_obj  # type: ignore[assignment]
+        if not clean:
+            await self._discard(upload, "interrupted")
+            return
+        if upload.failed:
+            await self._discard(upload, "refused")
+            raise asyncssh.SFTPFailure(upload.failed)
+        if is_held(upload.name):
+            old = self._held.pop(upload.name, None)
+            if old is not None:
+                await self._discard(old, "replaced")
+            self._held[upload.name] = upload
+            return
+        await self._ingest(upload, upload.name)
+
+    async def _discard(self, upload: _Upload, result: str) -> None:
+        await self._wait(self._backend.run_io(upload.file.close))
+        self._record(upload, result)
+
+    async def _ingest(self, upload: _Upload, name: str) -> None:
+        upload.name = name
+        try:
+            sha256 = (upload.digest.hexdigest() if upload.digest is not None
+                      else await self._wait(self._backend.run_io(_thd_hash, upload.file)))
+            await self._wait(self._backend.run_io(upload.file.seek, 0))
+            envelope = Envelope(sender=self._partner, channel="sftp", filename=name)
+            try:
+                decision = await self._wait(self._backend.accept(envelope, upload.file))
+            except IntakeUnavailable:
+                self._record(upload, "unavailable", sha256)
+                raise asyncssh.SFTPFailure("temporary failure, retry") from None
+        finally:
+            await self._wait(self._backend.run_io(upload.file.close))
+        if not decision.accepted:
+            self._record(upload, "rejected", sha256)
+            reason = decision.findings[0].message if decision.findings else "refused"
+            raise asyncssh.SFTPFailure(f"refused: {reason}")
+        self._record(upload, decision.outcome, sha256)
+        self._taken[name] = upload.size
+
+    def exit(self) -> None:
+        """The session ended: held uploads that were never renamed are dropped."""
+        self._owner.sessions -= 1
+        for upload in self._held.values():
+            upload.file.close()
+            self._record(upload, "abandoned")
+        self._held.clear()
+
+    # -- names -------------------------------------------------------------------------------------------
+
+    def realpath(self, path: bytes) -> bytes:
+        """The canonical absolute path inside the tree."""
+        return self._where(path).as_bytes()
+
+    async def stat(self, path: bytes) -> SFTPAttrs:
+        """Folders, outbox documents, receipts, and this session's own uploads."""
+        where = self._where(path)
+        if not where.name:
+            return SFTPAttrs(permissions=_DIR_MODE | (0o200 if where.folder == INBOX else 0), size=0)
+        if where.folder == INBOX:
+            held = self._held.get(where.name)
+            size = held.size if held is not None else self._taken.get(where.name)
+            if size is None:
+                raise asyncssh.SFTPNoSuchFile("no such file")
+            return SFTPAttrs(permissions=0o100200, size=size)
+        if where.folder == OUTBOX:
+            item = (await self._outbox()).get(where.name)
+            if item is None:
+                raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+            return SFTPAttrs(permissions=_FILE_MODE, size=item.size, mtime=item.mtime, atime=item.mtime)
+        receipt = (await self._receipts()).get(where.name)
+        if receipt is None:
+            raise asyncssh.SFTPNoSuchFile("no such receipt")
+        return SFTPAttrs(permissions=_FILE_MODE, size=len(receipt.data), mtime=receipt.mtime, atime=receipt.mtime)
+
+    lstat = stat
+
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
+        """The size of an open handle."""
+        size = file_obj.size if isinstance(file_obj, _Upload | _Download) else 0
+        return SFTPAttrs(permissions=_FILE_MODE, size=size)
+
+    async def scandir(self, path: bytes):
+        """``/`` lists the three folders; each folder lists what this partner may see in it."""
+        where = self._where(path)
+        if where.name:
+            raise asyncssh.SFTPNoSuchFile("not a folder")
+        for dot in (b".", b".."):
+            yield SFTPName(dot, attrs=SFTPAttrs(permissions=_DIR_MODE, size=0))
+        if where.is_root:
+            for folder in (INBOX, OUTBOX, RECEIPTS):
+                yield SFTPName(folder.encode(), attrs=SFTPAttrs(permissions=_DIR_MODE, size=0))
+        elif where.folder == INBOX:
+            for name, upload in self._held.items():
+                yield SFTPName(name.encode(), attrs=SFTPAttrs(permissions=0o100200, size=upload.size))
+        elif where.folder == OUTBOX:
+            for item in (await self._outbox()).values():
+                yield SFTPName(item.name.encode(), attrs=SFTPAttrs(permissions=_FILE_MODE, size=item.size,
+                                                                   mtime=item.mtime, atime=item.mtime))
+        else:
+            for receipt in (await self._receipts()).values():
+                yield SFTPName(receipt.name.encode(), attrs=SFTPAttrs(
+                    permissions=_FILE_MODE, size=len(receipt.data), mtime=receipt.mtime, atime=receipt.mtime))
+
+    async def remove(self, path: bytes) -> None:
+        """Removing an outbox document acknowledges it; a held upload may be dropped."""
+        where = self._where(path)
+        if where.folder == OUTBOX and where.name:
+            item = (await self._outbox()).get(where.name)
+            if item is None:
+                raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+            await self._wait(self._backend.mark(self._partner.id, item.message_id, "acknowledged"))
+            return
+        if where.folder == INBOX and where.name in self._held:
+            await self._discard(self._held.pop(where.name), "removed")
+            return
+        raise _denied()
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        """Renaming a held upload to a final name in ``/inbox`` takes it (the reply waits for the intake)."""
+        old, new = self._where(oldpath), self._where(newpath)
+        if old.folder != INBOX or new.folder != INBOX or old.name not in self._held or not new.name:
+            raise _denied("only a temporary upload in /inbox may be renamed, to its final name")
+        if is_held(new.name):
+            self._held[new.name] = self._held.pop(old.name)
+            return
+        await self._ingest(self._held.pop(old.name), new.name)
+
+    posix_rename = rename
+
+    def fsync(self, file_obj: object) -> None:
+        """Accepted; an upload is made durable by the intake at its close."""
+
+    def _refuse(self, *args: Any) -> None:
+        raise _denied()
+
+    mkdir = rmdir = setstat = lsetstat = fsetstat = symlink = link = readlink = _refuse
+
+    def statvfs(self, path: bytes) -> None:
+        """Not offered."""
+        raise asyncssh.SFTPOpUnsupported("statvfs is not offered")
+
+    fstatvfs = statvfs
+
+
+def transfer_line(record: dict) -> str:
+    """A transfer record as one JSON log line."""
+    return json.dumps(record, sort_keys=True)
+
+
+async def listen(host: str | None, port: int, host_keys: list, backend: Backend, connections: set,
+                 loop: asyncio.AbstractEventLoop) -> asyncssh.SSHAcceptor:
+    """Start the door's asyncssh listener on ``loop`` (the reactor's)."""
+    return await asyncssh.listen(
+        host, port, server_host_keys=host_keys, server_factory=lambda: DoorSSHServer(backend, connections),
+        sftp_factory=lambda chan: DoorSFTPServer(chan, backend, loop), allow_scp=False, login_timeout=30,
+        keepalive_interval=30, keepalive_count_max=4, kex_algs=KEX_ALGS, encryption_algs=ENCRYPTION_ALGS,
+        mac_algs=MAC_ALGS, reuse_address=True)
