@@ -45,6 +45,7 @@ from protocols.as2.push import Identity as AS2Identity
 from protocols.as2.resource import AS2Resource, AS2Settings
 from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
+from protocols.sftp.bans import BanPolicy
 from protocols.upload import api_root, bounded_request
 from spool import records
 from spool.blobs import BlobStore
@@ -227,7 +228,8 @@ class PostroomService(MultiService):
             pki = config.home.pki
             sftp = SFTPDoor(reactor, [pki / "ssh_host_ed25519_key", pki / "ssh_host_rsa_key"], self.db,
                             self.blobs, self.signer, self.directory.get, self._accept, self.io.run, self._now,
-                            self.metrics, config.limits.max_payload_bytes)
+                            self.metrics, config.limits.max_payload_bytes,
+                            BanPolicy(config.sftp.ban_after, config.sftp.ban_window, config.sftp.ban_seconds))
             doors.append(Door("sftp", config.listen.sftp, None, sftp.listen))
         if config.listen.metrics:
             site = _site(operations_root(self.metrics, self.directory.health))

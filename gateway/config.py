@@ -113,6 +113,16 @@ class PortalSection:
 
 
 @attrs.frozen
+class SFTPSection:
+    """The SFTP door: ``ban_after`` failed logins from one source within ``ban_window`` seconds ban it for
+    ``ban_seconds``."""
+
+    ban_after: int = 10
+    ban_window: int = 600
+    ban_seconds: int = 900
+
+
+@attrs.frozen
 class DirectorySection:
     """How often the daemon polls for partner directory changes made by the CLI."""
 
@@ -129,6 +139,7 @@ _SECTIONS = {
     "delivery": DeliverySection,
     "smtp_relay": SMTPRelaySection,
     "portal": PortalSection,
+    "sftp": SFTPSection,
     "directory": DirectorySection,
 }
 
@@ -147,6 +158,7 @@ class Config:
     delivery: DeliverySection = DeliverySection()
     smtp_relay: SMTPRelaySection = SMTPRelaySection()
     portal: PortalSection = PortalSection()
+    sftp: SFTPSection = SFTPSection()
     directory: DirectorySection = DirectorySection()
 
     @property

@@ -43,6 +43,9 @@ class Metrics:
             "postroom_messages", "Intake decisions: accepted, duplicate, rejected, unavailable", ["channel", "outcome"],
             registry=self.registry,
         )
+        self.sftp_bans = Counter(
+            "postroom_sftp_bans", "Sources banned by the SFTP door after repeated failed logins",
+            registry=self.registry)
         self.sftp_transfers = Counter(
             "postroom_sftp_transfers", "Files moved through the SFTP door, by result", ["result"],
             registry=self.registry,

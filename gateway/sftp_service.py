@@ -27,8 +27,9 @@ from gateway.portal_api import thd_mark_as
 from gateway.receipts import ReceiptSigner
 from protocols.mdn import ReceiptEntity
 from protocols.sftp import server as door
+from protocols.sftp.bans import BanPolicy, Bans
 from protocols.sftp.tree import PathRefused, check_name
-from spool import records
+from spool import audit, records
 from spool.blobs import BlobStore
 from spool.schema import messages, quarantine, receipts
 
@@ -136,12 +137,19 @@ class SFTPPort:
         self.connections.clear()
 
 
+def thd_audit_ban(engine, source: str, username: str, seconds: int, now: datetime) -> None:
+    """The ban in the audit trail (the username is what the client claimed, not an authenticated partner)."""
+    with engine.begin() as conn:
+        audit.append(conn, "gateway", "sftp.banned", now, details={"source": source, "username": username[:100],
+                                                                   "seconds": seconds})
+
+
 class SFTPDoor:
     """The door's composition: host keys, the backend over the gateway's services, and ``listen``."""
 
     def __init__(self, reactor, host_keys: list[Path], db: DatabaseService, blobs: BlobStore, signer: ReceiptSigner,
                  directory: Callable, accept: Callable, run_io: Callable[..., Deferred], now: Callable[[], datetime],
-                 metrics: Metrics, max_bytes: int):
+                 metrics: Metrics, max_bytes: int, ban_policy: BanPolicy):
         self._loop = getattr(reactor, "_asyncioEventloop", None) or asyncio.get_event_loop()
         self._host_keys = host_keys
         self._db, self._signer, self._now, self._metrics = db, signer, now, metrics
@@ -150,7 +158,15 @@ class SFTPDoor:
             directory=directory, accept=accept, outbox=lambda p: db.run(thd_outbox, p),
             receipts=lambda p: db.run(thd_receipts, p), mark=self._mark,
             open_blob=lambda sha256: run_io(blobs.open, sha256), run_io=run_io, scratch=blobs.scratch,
-            transferred=self._transferred, max_bytes=max_bytes)
+            transferred=self._transferred, bans=Bans(reactor.seconds, ban_policy), banned=self._banned,
+            max_bytes=max_bytes)
+
+    def _banned(self, source: str, username: str, seconds: int) -> None:
+        self._metrics.sftp_bans.inc()
+        _log.warn("sftp: banned {source} for {seconds} s after repeated failed logins (last as {user!r})",
+                  source=source, seconds=seconds, user=username)
+        d = self._db.run(thd_audit_ban, source, username, seconds, self._now())
+        d.addErrback(lambda f: _log.failure("sftp: cannot audit a ban", f))
 
     def _mark(self, partner_id: str, message_id: str, event: str) -> Deferred:
         return self._db.run(thd_mark_as, self._signer, partner_id, f"sftp:{partner_id}", message_id, event,

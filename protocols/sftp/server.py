@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from protocols.envelope import Envelope, IntakeUnavailable
+from protocols.sftp.bans import Bans
 from protocols.sftp.tree import INBOX, OUTBOX, RECEIPTS, PathRefused, VPath, is_held, resolve
 
 _log = Logger()
@@ -81,6 +82,8 @@ class Backend:
     run_io: Callable[..., Deferred]  #: run a blocking function on the I/O pool
     scratch: Callable[[], IO[bytes]]  #: an anonymous spool temporary file
     transferred: Callable[[dict], None]  #: one transfer record (logged as JSON and counted)
+    bans: Bans  #: failed logins per source and partner; banned sources are dropped like strangers
+    banned: Callable[[str, str, int], None]  #: ``(source, username, seconds)``: a source was just banned
     max_bytes: int
     max_handles: int = 64
     max_sessions: int = 4
@@ -104,6 +107,10 @@ class DoorSSHServer(asyncssh.SSHServer):
         self.host = (conn.get_extra_info("peername") or ("",))[0]
         if not self._backend.directory().allows_anyone(self.host):
             _log.info("sftp: refused {host}: not in any partner's allowlist", host=self.host)
+            conn.abort()
+            return
+        if left := self._backend.bans.banned_for(self.host):
+            _log.info("sftp: refused {host}: banned for {left:.0f} s more", host=self.host, left=left)
             conn.abort()
             return
         self._connections.add(conn)
@@ -137,6 +144,11 @@ class DoorSSHServer(asyncssh.SSHServer):
         self.failures += 1
         _log.info("sftp: login refused for {user!r} from {host} ({n} failures)", user=username, host=self.host,
                   n=self.failures)
+        if self._backend.bans.failed(self.host, username):
+            self._backend.banned(self.host, username, round(self._backend.bans.banned_for(self.host)))
+            if self._conn is not None:
+                self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins")
+            return False
         if self.failures >= MAX_AUTH_FAILURES and self._conn is not None:
             self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures")
         return False

@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.daemon import Daemon
 from tests.e2e.https import BASE_EXAMPLE, query
-from tests.e2e.test_mtls_door import restrict, wait_until
+from tests.e2e.test_mtls_door import metric, restrict, wait_until
 
 MAX_BYTES = 200_000
 
@@ -174,3 +174,29 @@ def test_wrong_key_disabled_partner_and_foreign_source_are_refused(daemon, tmp_p
         except ConnectionResetError:
             pass
     assert sftp(daemon, "ls /\n").returncode == 0  # 127.0.0.1 still allowed for acme
+
+
+def test_a_source_that_keeps_failing_is_banned_audited_and_counted(home, tmp_path):
+    """``[sftp] ban_after = 3``: the third failed login bans 127.0.0.3 — no banner any more, even with a good
+    key — while 127.0.0.1 still gets in; the ban is an audit event and a metric."""
+    home.config_file.write_text(home.config_file.read_text() + "\n[sftp]\nban_after = 3\nban_seconds = 600\n")
+    daemon = Daemon(home).start()
+    try:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+        for _ in range(3):  # one wrong key per connection (IdentitiesOnly): one failure each
+            assert sftp(daemon, "ls /\n", key=tmp_path / "k", bind="127.0.0.3").returncode != 0
+        assert sftp(daemon, "ls /\n", bind="127.0.0.3").returncode != 0  # acme's own key, banned source
+        with socket.socket() as s:
+            s.bind(("127.0.0.3", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", daemon.ports["sftp"]))
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        assert sftp(daemon, "ls /\n").returncode == 0
+        [(details,)] = query(daemon, "SELECT details FROM audit_log WHERE event = 'sftp.banned'")
+        assert '"source": "127.0.0.3"' in details and '"seconds": 600' in details
+        assert metric(daemon, "postroom_sftp_bans_total") == 1
+    finally:
+        daemon.stop()
