@@ -229,7 +229,8 @@ class PostroomService(MultiService):
             sftp = SFTPDoor(reactor, [pki / "ssh_host_ed25519_key", pki / "ssh_host_rsa_key"], self.db,
                             self.blobs, self.signer, self.directory.get, self._accept, self.io.run, self._now,
                             self.metrics, config.limits.max_payload_bytes,
-                            BanPolicy(config.sftp.ban_after, config.sftp.ban_window, config.sftp.ban_seconds))
+                            BanPolicy(config.sftp.ban_after, config.sftp.ban_window, config.sftp.ban_seconds),
+                            config.sftp.max_connections)
             doors.append(Door("sftp", config.listen.sftp, None, sftp.listen))
         if config.listen.metrics:
             site = _site(operations_root(self.metrics, self.directory.health))

@@ -115,11 +115,12 @@ class PortalSection:
 @attrs.frozen
 class SFTPSection:
     """The SFTP door: ``ban_after`` failed logins from one source within ``ban_window`` seconds ban it for
-    ``ban_seconds``."""
+    ``ban_seconds``; a partner may hold ``max_connections`` logged-in connections at once."""
 
     ban_after: int = 10
     ban_window: int = 600
     ban_seconds: int = 900
+    max_connections: int = 8
 
 
 @attrs.frozen

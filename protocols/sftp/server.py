@@ -87,6 +87,9 @@ class Backend:
     max_bytes: int
     max_handles: int = 64
     max_sessions: int = 4
+    max_connections: int = 8  #: logged-in connections per partner at once
+    #: partner ID → its logged-in connections now (shared by every connection of this door)
+    logged_in: dict[str, int] = attrs.field(factory=dict, eq=False)
 
 
 class DoorSSHServer(asyncssh.SSHServer):
@@ -100,6 +103,7 @@ class DoorSSHServer(asyncssh.SSHServer):
         self.partner = None
         self.failures = 0
         self.sessions = 0
+        self._counted = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Drop a source no active partner allowlists: it never sees a banner."""
@@ -118,6 +122,24 @@ class DoorSSHServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection."""
         self._connections.discard(self._conn)
+        if self._counted:
+            left = self._backend.logged_in[self.partner.id] - 1
+            if left:
+                self._backend.logged_in[self.partner.id] = left
+            else:
+                del self._backend.logged_in[self.partner.id]
+
+    def auth_completed(self) -> None:
+        """At most ``max_connections`` logged-in connections per partner."""
+        logged_in = self._backend.logged_in
+        if logged_in.get(self.partner.id, 0) >= self._backend.max_connections:
+            _log.info("sftp: refused {partner} from {host}: {n} connections already", partner=self.partner.id,
+                      host=self.host, n=logged_in[self.partner.id])
+            self._conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                                  f"at most {self._backend.max_connections} connections per partner")
+            return
+        logged_in[self.partner.id] = logged_in.get(self.partner.id, 0) + 1
+        self._counted = True
 
     def begin_auth(self, username: str) -> bool:
         """Every login needs a key."""

@@ -200,3 +200,26 @@ def test_a_source_that_keeps_failing_is_banned_audited_and_counted(home, tmp_pat
         assert metric(daemon, "postroom_sftp_bans_total") == 1
     finally:
         daemon.stop()
+
+
+def test_a_partner_may_hold_only_max_connections_at_once(home):
+    """``[sftp] max_connections = 2``: a third login as acme is disconnected; globex is not affected, and
+    acme gets in again once one of its connections closes."""
+    home.config_file.write_text(home.config_file.read_text() + "\n[sftp]\nmax_connections = 2\n")
+    daemon = Daemon(home).start()
+    held = []
+    try:
+        held = [connect(daemon) for _ in range(2)]
+        with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+            _, third = connect(daemon)
+            third.listdir("/")
+        other_transport, other = connect(daemon, "globex")
+        assert "outbox" in other.listdir("/")
+        other_transport.close()
+        transport, _ = held.pop()
+        transport.close()
+        wait_until(lambda: sftp(daemon, "ls /\n").returncode == 0)
+    finally:
+        for transport, _ in held:
+            transport.close()
+        daemon.stop()
