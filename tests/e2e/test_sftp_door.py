@@ -223,3 +223,21 @@ def test_a_partner_may_hold_only_max_connections_at_once(home):
         for transport, _ in held:
             transport.close()
         daemon.stop()
+
+
+def test_tampered_and_unsigned_invoices_are_refused_with_the_reason_in_their_receipts(daemon, tmp_path):
+    """With ``require_xmldsig``: a signed invoice changed after signing, and an unsigned one, fail at close;
+    each rejection receipt names the finding."""
+    signed = BASE_EXAMPLE.parents[1] / "signed"
+    daemon.cli("partner", "cert", "add", "acme", "--usage", "sign", str(signed / "test-signing-cert.pem"))
+    before = metric(daemon, "postroom_directory_version")
+    daemon.cli("partner", "policy", "acme", "require_xmldsig=true")
+    wait_until(lambda: metric(daemon, "postroom_directory_version") > before)
+    assert sftp(daemon, f"put {BASE_EXAMPLE} /inbox/unsigned.xml\n").returncode != 0
+    assert sftp(daemon, f"put {signed / 'signed-xmldsig-TAMPERED.xml'} /inbox/tampered.xml\n").returncode != 0
+    for name, code in (("unsigned.xml", "GW-SIG-MISSING"), ("tampered.xml", "GW-SIG-INVALID")):
+        got = sftp(daemon, f"get /receipts/{name}.mdn {tmp_path / name}.mdn\n")
+        assert got.returncode == 0, got.stderr
+        receipt = (tmp_path / f"{name}.mdn").read_text("utf-8", "replace")
+        assert f"Postroom-Finding: {code};" in receipt, receipt
+    assert query(daemon, "SELECT count(*) FROM messages") == [(0,)]
