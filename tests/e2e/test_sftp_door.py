@@ -6,6 +6,7 @@ documents reach the recipient's ``/outbox/`` byte for byte, and everything a par
 a client killed mid-upload) is refused or ingests nothing.
 """
 
+import json
 import re
 import signal
 import socket
@@ -241,3 +242,18 @@ def test_tampered_and_unsigned_invoices_are_refused_with_the_reason_in_their_rec
         receipt = (tmp_path / f"{name}.mdn").read_text("utf-8", "replace")
         assert f"Postroom-Finding: {code};" in receipt, receipt
     assert query(daemon, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_an_sftp_upload_is_the_same_bytes_in_the_portal_api(daemon, tmp_path):
+    """What acme put over SFTP, globex fetches through the portal API byte for byte."""
+    from tests.e2e.test_portal_api import portal, token_for
+
+    assert sftp(daemon, f"put {BASE_EXAMPLE} /inbox/portal.xml\n").returncode == 0
+    wait_until(lambda: query(daemon, "SELECT count(*) FROM mailbox_items") == [(1,)])
+    token = token_for(daemon, "globex")
+    status, body = portal(daemon, "/api/v1/invoices", token)
+    assert status == 200, body
+    [item] = json.loads(body)["items"]
+    assert (item["channel"], item["filename"]) == ("sftp", "portal.xml")
+    status, content = portal(daemon, f"/api/v1/invoices/{item['id']}/content", token)
+    assert (status, content) == (200, BASE_EXAMPLE.read_bytes())
