@@ -115,9 +115,11 @@ def partner() -> None:
 @click.option("--ssh-key", multiple=True, metavar="PUB", help="SSH public key file or line for SFTP.")
 @click.option("--deliver", type=click.Choice(DELIVERY_MODES), default="mailbox", show_default=True)
 @click.option("--as2-url", help="https:// URL to push AS2 messages to (with --deliver as2).")
+@click.option("--sftp-url", metavar="URL", help="sftp://user@host[:port]/dir to upload to (with --deliver sftp).")
+@click.option("--sftp-host-key", metavar="KEY|@FILE", help="That server's OpenSSH host key line (or @file.pub).")
 @pass_ctx
 def partner_add(c: Context, partner_id, name, as2_id, participant_id, email, allow_ip, tls_cert, sign_cert,
-                encrypt_cert, ssh_key, deliver, as2_url) -> None:
+                encrypt_cert, ssh_key, deliver, as2_url, sftp_url, sftp_host_key) -> None:
     """Register a partner; everything is checked before anything is written."""
     certificates = tuple(
         (usage, read_certificate(path))
@@ -128,11 +130,12 @@ def partner_add(c: Context, partner_id, name, as2_id, participant_id, email, all
         id=partner_id, name=name, as2_ids=as2_id, participant_ids=participant_id, emails=email,
         networks=tuple(parse_network(n) for n in allow_ip), certificates=certificates,
         ssh_keys=tuple(read_ssh_key(k) for k in ssh_key), deliver=deliver, as2_url=as2_url,
+        sftp_url=sftp_url, sftp_host_key=_host_key_text(sftp_host_key),
     )
     details = {"name": name, "as2_ids": list(as2_id), "participant_ids": list(participant_id), "emails": list(email),
                "allow_ips": [str(n) for n in new.networks], "deliver": deliver,
                "certificates": [f"{u}:{certs_x509.fingerprint(crt)}" for u, crt in certificates],
-               "ssh_keys": [k.fingerprint for k in new.ssh_keys]}
+               "ssh_keys": [k.fingerprint for k in new.ssh_keys], "sftp_url": sftp_url}
     with c.change("partner.added", partner_id, **details) as (conn, _):
         store.add_partner(conn, new, now())
     click.echo(f"partner {partner_id} added")
@@ -186,14 +189,29 @@ partner.command("enable")(_status_command("active", "enabled"))
 @click.option("--name", help="New display name.")
 @click.option("--deliver", type=click.Choice(DELIVERY_MODES), help="How documents reach the partner.")
 @click.option("--as2-url", help="https:// URL to push AS2 messages to (empty string: none).")
+@click.option("--sftp-url", metavar="URL", help="sftp://user@host[:port]/dir to upload to (empty string: none).")
+@click.option("--sftp-host-key", metavar="KEY|@FILE",
+              help="The SFTP server's OpenSSH host key line, or @file.pub (empty string: none).")
 @pass_ctx
-def partner_set(c: Context, partner_id: str, name: str | None, deliver: str | None, as2_url: str | None) -> None:
-    """Change a partner's name, delivery mode or AS2 URL."""
-    if name is None and deliver is None and as2_url is None:
-        raise click.UsageError("give at least one of --name, --deliver, --as2-url")
+def partner_set(c: Context, partner_id: str, name: str | None, deliver: str | None, as2_url: str | None,
+                sftp_url: str | None, sftp_host_key: str | None) -> None:
+    """Change a partner's name, delivery mode, AS2 URL, SFTP URL or pinned SFTP host key."""
+    if name is None and deliver is None and as2_url is None and sftp_url is None and sftp_host_key is None:
+        raise click.UsageError("give at least one of --name, --deliver, --as2-url, --sftp-url, --sftp-host-key")
     with c.change("partner.changed", partner_id) as (conn, facts):
-        facts.update(store.set_delivery(conn, partner_id, now(), deliver=deliver, as2_url=as2_url, name=name))
+        facts.update(store.set_delivery(conn, partner_id, now(), deliver=deliver, as2_url=as2_url, name=name,
+                                        sftp_url=sftp_url, sftp_host_key=_host_key_text(sftp_host_key)))
     click.echo(f"partner {partner_id} changed")
+
+
+def _host_key_text(value: str | None) -> str | None:
+    """``--sftp-host-key``: the key line itself, or ``@FILE`` (a path that exists is read as well)."""
+    if not value:
+        return value
+    path = value[1:] if value.startswith("@") else value
+    if value.startswith("@") or os.path.isfile(path):
+        return certs_x509.read_file(path).decode("utf-8", "replace")
+    return value
 
 
 @partner.command("remove")

@@ -44,6 +44,8 @@ class Partner:
     ssh_keys: tuple[str, ...] = ()  #: OpenSSH public key lines
     #: how to wrap what we send the partner over AS2 (``protocols.as2.outbound.SendOptions`` fields)
     as2_options: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+    sftp_url: str | None = None  #: where the ``sftp`` push uploads (``sftp://user@host:port/dir``)
+    sftp_host_key: str | None = None  #: the only host key that server may present (OpenSSH line)
 
     def allows(self, host: str) -> bool:
         """True when ``host`` is in this partner's own allowlist."""
@@ -181,6 +183,8 @@ def load_directory(conn: Connection) -> PartnerDirectory:
                 cas={u: tuple(c) for u, c in cas.get(row.id, {}).items()},
                 ssh_keys=tuple(keys.get(row.id, ())),
                 as2_options=dict(row.as2_options or {}),
+                sftp_url=row.sftp_url,
+                sftp_host_key=row.sftp_host_key,
             )
         )
     return PartnerDirectory.build(version, result, load_routes(conn))

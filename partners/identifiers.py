@@ -2,8 +2,12 @@
 """Validate and normalise the names partners are known by, so lookups compare like with like."""
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
+import attrs
+
+from certs.errors import CertificateError
+from certs.ssh import SSHPublicKey, parse_public_key
 from partners.errors import InvalidValueError
 
 _PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -69,6 +73,54 @@ def https_url(value: str) -> str:
     if parts is None or parts.scheme != "https" or not parts.hostname:
         raise InvalidValueError(f"{value!r} must be an https:// URL")
     return value
+
+
+@attrs.frozen
+class SFTPURL:
+    """Where the ``sftp`` push uploads: ``sftp://user@host[:port]/absolute/dir``."""
+
+    user: str
+    host: str
+    port: int
+    directory: str
+
+    @property
+    def url(self) -> str:
+        """The canonical form (port always given, no trailing slash but for ``/``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sftp://{quote(self.user, safe='')}@{host}:{self.port}{quote(self.directory, safe='/')}"
+
+
+def sftp_url(value: str) -> SFTPURL:
+    """Parse a push target ``sftp://user@host[:port]/dir``: port 22 unless given, the directory absolute."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port or 22
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number or out of range
+        raise InvalidValueError(f"{value!r} must look like sftp://user@host:port/absolute/dir") from None
+    if parts.scheme != "sftp" or not parts.hostname:
+        raise InvalidValueError(f"{value!r} must be an sftp:// URL with a host, e.g. sftp://user@host:22/inbound")
+    if not parts.username:
+        raise InvalidValueError(f"{value!r} needs the user name to log in as: sftp://USER@{parts.hostname}/…")
+    if parts.password is not None:
+        raise InvalidValueError(f"{value!r} must not hold a password: the gateway logs in with its SSH key")
+    if parts.query or parts.fragment:
+        raise InvalidValueError(f"{value!r} must not have a query or fragment")
+    directory = unquote(parts.path)
+    if not directory.startswith("/"):
+        raise InvalidValueError(f"{value!r} must name an absolute directory, e.g. sftp://user@host/inbound")
+    if any(c in directory for c in "\0\n\r") or ".." in directory.split("/"):
+        raise InvalidValueError(f"{value!r}: the directory must not contain '..' or control characters")
+    directory = "/" + "/".join(p for p in directory.split("/") if p and p != ".")
+    return SFTPURL(unquote(parts.username), parts.hostname, port, directory)
+
+
+def sftp_host_key(value: str) -> SSHPublicKey:
+    """The partner server's pinned host key: one OpenSSH public key line."""
+    try:
+        return parse_public_key(value, "the SFTP host key")
+    except CertificateError as e:
+        raise InvalidValueError(str(e)) from None
 
 
 def delivery_mode(value: str) -> str:

@@ -62,6 +62,8 @@ partners = Table(
     Column("as2_url", String(2000)),
     Column("policy", JSON, nullable=False),
     Column("as2_options", JSON(none_as_null=True)),  #: how AS2 messages to the partner are wrapped (None: defaults)
+    Column("sftp_url", String(2000)),  #: where the ``sftp`` push uploads: ``sftp://user@host:port/dir``
+    Column("sftp_host_key", String(16000)),  #: the pinned OpenSSH host key line of that server
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("status IN ('active', 'disabled')", name="status"),

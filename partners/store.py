@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from certs import x509 as certs_x509
-from certs.ssh import SSHPublicKey
+from certs.ssh import SSHPublicKey, parse_public_key
 from certs.ssh import normalize_fingerprint as normalize_ssh_fingerprint
 from partners import identifiers as ids
 from partners.errors import DuplicateError, InvalidValueError, NotFoundError, UnknownPartnerError
@@ -43,6 +43,8 @@ class NewPartner:
     deliver: str = "mailbox"
     as2_url: str | None = None
     policy: Policy = attrs.field(factory=Policy)
+    sftp_url: str | None = None  #: ``sftp://user@host[:port]/dir`` (checked and made canonical when stored)
+    sftp_host_key: str | None = None  #: the OpenSSH host key line that server must present
 
 
 def directory_version(conn: Connection) -> int:
@@ -73,8 +75,13 @@ def require_partner(conn: Connection, partner_id: str) -> None:
         raise UnknownPartnerError(f"no partner with ID {partner_id!r}")
 
 
-def _check_delivery(deliver: str, as2_url: str | None, as2_ids: Iterable[str], emails: Iterable[str]) -> None:
+def _check_delivery(deliver: str, as2_url: str | None, as2_ids: Iterable[str], emails: Iterable[str],
+                    sftp_url: str | None = None, sftp_host_key: str | None = None) -> None:
     ids.delivery_mode(deliver)
+    if deliver == "sftp" and not sftp_url:
+        raise InvalidValueError("--deliver sftp needs --sftp-url sftp://user@host:port/dir")
+    if deliver == "sftp" and not sftp_host_key:
+        raise InvalidValueError("--deliver sftp needs the server's pinned --sftp-host-key")
     if deliver == "as2" and not as2_url:
         raise InvalidValueError("--deliver as2 needs --as2-url https://…")
     if deliver == "as2" and not list(as2_ids):
@@ -105,7 +112,9 @@ def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
         raise DuplicateError(f"partner {new.id!r} already exists")
     if new.as2_url is not None:
         ids.https_url(new.as2_url)
-    _check_delivery(new.deliver, new.as2_url, new.as2_ids, new.emails)
+    sftp_url = ids.sftp_url(new.sftp_url).url if new.sftp_url else None
+    sftp_host_key = ids.sftp_host_key(new.sftp_host_key).openssh if new.sftp_host_key else None
+    _check_delivery(new.deliver, new.as2_url, new.as2_ids, new.emails, sftp_url, sftp_host_key)
     conn.execute(
         insert(partners).values(
             id=new.id,
@@ -113,6 +122,8 @@ def add_partner(conn: Connection, new: NewPartner, now: datetime) -> None:
             status="active",
             deliver=new.deliver,
             as2_url=new.as2_url,
+            sftp_url=sftp_url,
+            sftp_host_key=sftp_host_key,
             policy=new.policy.to_json(),
             created_at=now,
             updated_at=now,
@@ -163,16 +174,21 @@ def set_policy(conn: Connection, partner_id: str, policy: Policy, now: datetime)
 
 
 def set_delivery(conn: Connection, partner_id: str, now: datetime, *, deliver: str | None = None,
-                 as2_url: str | None = None, name: str | None = None) -> dict[str, Any]:
-    """Change a partner's display name, delivery mode or AS2 URL (only what is given); what it is now."""
+                 as2_url: str | None = None, name: str | None = None, sftp_url: str | None = None,
+                 sftp_host_key: str | None = None) -> dict[str, Any]:
+    """Change a partner's display name, delivery mode, AS2 URL, SFTP URL or pinned SFTP host key (only what is
+    given; an empty string removes a URL or key); what it is now."""
     require_partner(conn, partner_id)
     row = conn.execute(select(partners).where(partners.c.id == partner_id)).one()
     mine = {kind: list(conn.scalars(select(identifiers.c.value).where(
         identifiers.c.partner_id == partner_id, identifiers.c.kind == kind))) for kind in ("as2", "email")}
     new = {"name": ids.display_name(name) if name is not None else row.name,
            "deliver": deliver if deliver is not None else row.deliver,
-           "as2_url": ids.https_url(as2_url) if as2_url else (None if as2_url == "" else row.as2_url)}
-    _check_delivery(new["deliver"], new["as2_url"], mine["as2"], mine["email"])
+           "as2_url": ids.https_url(as2_url) if as2_url else (None if as2_url == "" else row.as2_url),
+           "sftp_url": ids.sftp_url(sftp_url).url if sftp_url else (None if sftp_url == "" else row.sftp_url),
+           "sftp_host_key": (ids.sftp_host_key(sftp_host_key).openssh if sftp_host_key
+                             else (None if sftp_host_key == "" else row.sftp_host_key))}
+    _check_delivery(new["deliver"], new["as2_url"], mine["as2"], mine["email"], new["sftp_url"], new["sftp_host_key"])
     conn.execute(update(partners).where(partners.c.id == partner_id).values(**new))
     _touch(conn, partner_id, now)
     return new
@@ -384,6 +400,9 @@ def show_partner(conn: Connection, partner_id: str) -> dict:
     keys = conn.execute(select(ssh_keys).where(ssh_keys.c.partner_id == partner_id).order_by(ssh_keys.c.id))
     return summary | {
         "as2_url": row.as2_url,
+        "sftp_url": row.sftp_url,
+        "sftp_host_key": row.sftp_host_key,
+        "sftp_host_key_fingerprint": parse_public_key(row.sftp_host_key).fingerprint if row.sftp_host_key else None,
         "policy": Policy.from_json(row.policy).to_json(),
         "certificates": list_certificates(conn, partner_id),
         "ssh_keys": [

@@ -304,6 +304,37 @@ def test_partner_set_changes_delivery_and_as2_url_and_checks_them(postroom):
     assert (shown["deliver"], shown["as2_url"], shown["name"]) == ("mailbox", None, "ACME")
 
 
+def test_partner_set_sftp_push_needs_a_valid_url_and_a_pinned_host_key(postroom, tmp_path):
+    """``--deliver sftp`` needs both the URL and the host key; both are checked, shown, and removable."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    line = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    pub = tmp_path / "host.pub"
+    pub.write_text(f"{line} root@files\n")
+    assert "needs --sftp-url" in postroom.refused("partner", "set", "acme", "--deliver", "sftp")
+    assert "sftp://" in postroom.refused("partner", "set", "acme", "--sftp-url", "https://files.example/in")
+    assert "absolute directory" in postroom.refused("partner", "set", "acme", "--sftp-url", "sftp://u@files.example")
+    assert "needs the server's pinned --sftp-host-key" in postroom.refused(
+        "partner", "set", "acme", "--deliver", "sftp", "--sftp-url", "sftp://inv@files.example/in")
+    assert "SFTP host key" in postroom.refused("partner", "set", "acme", "--sftp-host-key", "ssh-ed25519 AAAA")
+    assert "no such file" in postroom.refused("partner", "set", "acme", "--sftp-host-key", "@/nonexistent.pub")
+    assert postroom.json("partner", "show", "acme")["sftp_url"] is None
+    postroom.ok("partner", "set", "acme", "--deliver", "sftp", "--sftp-url", "sftp://inv@files.example/in/",
+                "--sftp-host-key", f"@{pub}")
+    shown = postroom.json("partner", "show", "acme")
+    assert (shown["deliver"], shown["sftp_url"], shown["sftp_host_key"]) == (
+        "sftp", "sftp://inv@files.example:22/in", line)
+    assert shown["sftp_host_key_fingerprint"].startswith("SHA256:")
+    postroom.ok("partner", "set", "acme", "--sftp-url", "sftp://inv@files.example:2222/x", "--sftp-host-key", line)
+    assert postroom.json("partner", "show", "acme")["sftp_url"] == "sftp://inv@files.example:2222/x"
+    assert "needs --sftp-url" in postroom.refused("partner", "set", "acme", "--sftp-url", "")
+    postroom.ok("partner", "set", "acme", "--deliver", "mailbox", "--sftp-url", "", "--sftp-host-key", "")
+    shown = postroom.json("partner", "show", "acme")
+    assert (shown["deliver"], shown["sftp_url"], shown["sftp_host_key"]) == ("mailbox", None, None)
+
+
 def test_as2_options_are_checked_stored_as_changes_and_shown_whole(postroom):
     """``partner as2 ID k=v``: unknown names and values are refused naming the choices; defaults fill the rest."""
     assert postroom.json("partner", "as2", "acme")["cipher"] == "aes256-cbc"

@@ -1,5 +1,6 @@
 """Tests for :mod:`partners.identifiers`: the names partners are known by, validated and normalised."""
 
+import re
 import string
 
 import pytest
@@ -193,3 +194,63 @@ def test_validators_raise_only_invalid_value_error(validate, value):
     except InvalidValueError:
         return
     assert isinstance(result, str)
+
+
+# -- sftp push target ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("sftp://inv@files.example/inbound", ("inv", "files.example", 22, "/inbound", "sftp://inv@files.example:22/inbound")),
+    ("sftp://inv@files.example:2222/in/bound/", ("inv", "files.example", 2222, "/in/bound",
+                                                 "sftp://inv@files.example:2222/in/bound")),
+    ("sftp://a.b@127.0.0.1:65535/", ("a.b", "127.0.0.1", 65535, "/", "sftp://a.b@127.0.0.1:65535/")),
+    ("sftp://u@[::1]:23/x//./y", ("u", "::1", 23, "/x/y", "sftp://u@[::1]:23/x/y")),
+    ("  sftp://u%40corp@h/d%20ir  ", ("u@corp", "h", 22, "/d ir", "sftp://u%40corp@h:22/d%20ir")),
+])
+def test_sftp_url_takes_user_host_port_22_by_default_and_an_absolute_directory(value, expected):
+    """``sftp://user@host[:port]/dir``: the port defaults to 22, the directory is kept absolute and tidy."""
+    target = ids.sftp_url(value)
+    assert (target.user, target.host, target.port, target.directory, target.url) == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("https://inv@files.example/inbound", "sftp:// URL"),
+    ("sftp:///inbound", "with a host"),
+    ("sftp://files.example/inbound", "user name"),
+    ("sftp://inv@files.example", "absolute directory"),
+    ("sftp://inv@files.example:0x16/in", "sftp://user@host:port"),
+    ("sftp://inv@files.example:70000/in", "sftp://user@host:port"),
+    ("sftp://inv@[::1/in", "sftp://user@host:port"),
+    ("sftp://inv:secret@files.example/in", "password"),
+    ("sftp://inv@files.example/in?x=1", "query"),
+    ("sftp://inv@files.example/in/../etc", "'..'"),
+    ("sftp://inv@files.example/in%00x", "control"),
+])
+def test_sftp_url_refusals(value, message):
+    """Anything but a usable sftp:// target is refused, saying what is wrong."""
+    with pytest.raises(InvalidValueError, match=re.escape(message)):
+        ids.sftp_url(value)
+
+
+@given(st.text())
+def test_sftp_url_raises_only_invalid_value_error(value):
+    """Whatever an admin types, the URL parser returns a target or raises InvalidValueError."""
+    try:
+        target = ids.sftp_url(value)
+    except InvalidValueError:
+        return
+    assert target.directory.startswith("/") and 1 <= target.port <= 65535 and ids.sftp_url(target.url) == target
+
+
+def test_sftp_host_key_parses_an_openssh_line_and_refuses_anything_else():
+    """The pinned host key is one OpenSSH public key line (certs.ssh), refused as InvalidValueError otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    line = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    assert ids.sftp_host_key(f"{line} root@files\n").openssh == line
+    for bad in ("", "ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 AAAA!!!",
+                "-----BEGIN OPENSSH PRIVATE KEY-----"):
+        with pytest.raises(InvalidValueError, match="SFTP host key"):
+            ids.sftp_host_key(bad)

@@ -80,6 +80,9 @@ def test_add_partner_registers_everything(world):
         "certificates": shown["certificates"],
         "ssh_keys": [{"fingerprint": c.acme_key.fingerprint, "type": "ssh-ed25519", "comment": "acme@sftp"}],
         "as2_url": "https://as2.acme.example/receive",
+        "sftp_url": None,
+        "sftp_host_key": None,
+        "sftp_host_key_fingerprint": None,
         "policy": Policy().to_json(),
         "created_at": c.now.isoformat(),
         "updated_at": c.now.isoformat(),
@@ -530,3 +533,35 @@ def test_one_certificate_may_serve_its_own_partner_for_several_usages(world):
         store.add_certificate(conn, "globex", "sign", world.certs.globex_tls, world.now)
         usages = sorted(c["usage"] for c in store.list_certificates(conn, "globex"))
     assert usages == ["sign", "tls"]
+
+
+def test_sftp_delivery_is_stored_canonical_and_reaches_the_directory(engine, now, make_ssh_key):
+    """``deliver sftp`` needs a URL and a pinned host key; both are checked, stored canonical, and loaded."""
+    from partners.directory import load_directory
+
+    key = make_ssh_key("root@files")
+    with engine.begin() as conn:
+        with pytest.raises(InvalidValueError, match="needs --sftp-url"):
+            store.add_partner(conn, NewPartner(id="files", name="Files", deliver="sftp"), now)
+        with pytest.raises(InvalidValueError, match="pinned --sftp-host-key"):
+            store.add_partner(conn, NewPartner(id="files", name="Files", deliver="sftp",
+                                               sftp_url="sftp://inv@files.example/in"), now)
+        with pytest.raises(InvalidValueError, match="SFTP host key"):
+            store.add_partner(conn, NewPartner(id="files", name="Files", deliver="sftp",
+                                               sftp_url="sftp://inv@files.example/in", sftp_host_key="nope"), now)
+        store.add_partner(conn, NewPartner(id="files", name="Files", deliver="sftp",
+                                           sftp_url="sftp://inv@files.example/in/",
+                                           sftp_host_key=f"{key.openssh} root@files"), now)
+    with engine.connect() as conn:
+        shown = store.show_partner(conn, "files")
+        partner = load_directory(conn).get("files")
+    assert (shown["sftp_url"], shown["sftp_host_key"], shown["sftp_host_key_fingerprint"]) == (
+        "sftp://inv@files.example:22/in", key.openssh, key.fingerprint)
+    assert (partner.deliver, partner.sftp_url, partner.sftp_host_key) == (
+        "sftp", "sftp://inv@files.example:22/in", key.openssh)
+    with engine.begin() as conn:
+        with pytest.raises(InvalidValueError, match="needs the server's pinned"):
+            store.set_delivery(conn, "files", now, sftp_host_key="")
+        changed = store.set_delivery(conn, "files", now, sftp_url="sftp://other@files.example:2022/out")
+    assert changed["sftp_url"] == "sftp://other@files.example:2022/out"
+    assert changed["sftp_host_key"] == key.openssh
