@@ -8,7 +8,7 @@ BENCH_ARGS ?=
 
 # Debian packages the product needs at run time, and what the tests drive it with.
 RUN_DEBS  := openssl ca-certificates
-TEST_DEBS := $(RUN_DEBS) curl postgresql openssh-client
+TEST_DEBS := $(RUN_DEBS) curl postgresql openssh-client openssh-server
 
 .PHONY: run test lint bench clean venv debs-run debs-test
 

@@ -46,6 +46,7 @@ from protocols.as2.resource import AS2Resource, AS2Settings
 from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
 from protocols.sftp.bans import BanPolicy
+from protocols.sftp.push import SFTPPush
 from protocols.upload import api_root, bounded_request
 from spool import records
 from spool.blobs import BlobStore
@@ -112,7 +113,10 @@ class PostroomService(MultiService):
         as2_identity = AS2Identity(config.gateway.as2_id, config.gateway.hostname, self.signer.key,
                                    self.signer.certificate, self._as2_url)
         push_targets = {"as2": AS2Push(poster, as2_identity, self._read_payload, self.cpu.run, self._now,
-                                       self.blobs.scratch, lambda *a: self.delivery.note_push(*a))}
+                                       self.blobs.scratch, lambda *a: self.delivery.note_push(*a)),
+                        # the gateway logs in to partners' SFTP servers with its own SSH host key (D31)
+                        "sftp": SFTPPush(str(home.pki / "ssh_host_ed25519_key"), self._read_payload, self.io.run,
+                                         getattr(reactor, "_asyncioEventloop", None) or asyncio.get_event_loop())}
         pushable = frozenset(push_targets)
         self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
                                         self._now, pushable)
