@@ -47,6 +47,18 @@ def sftp(daemon, commands: str, *, user: str = "acme", key=None, bind: str | Non
         input=commands, capture_output=True, text=True, timeout=60)
 
 
+def assert_no_banner(daemon, source: str) -> None:
+    """A connection from ``source`` is closed before the server says a word."""
+    with socket.socket() as s:
+        s.bind((source, 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", daemon.ports["sftp"]))
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+
+
 def connect(daemon, user: str = "acme") -> tuple[paramiko.Transport, paramiko.SFTPClient]:
     """A paramiko SFTP session as ``user`` with its demo key."""
     transport = paramiko.Transport(("127.0.0.1", daemon.ports["sftp"]))
@@ -166,14 +178,7 @@ def test_wrong_key_disabled_partner_and_foreign_source_are_refused(daemon, tmp_p
     restrict(daemon, "acme", "127.0.0.1/32")
     wait_until(lambda: sftp(daemon, "ls /\n", bind="127.0.0.2").returncode != 0)
 
-    with socket.socket() as s:  # no SSH banner for a stranger
-        s.bind(("127.0.0.2", 0))
-        s.settimeout(5)
-        s.connect(("127.0.0.1", daemon.ports["sftp"]))
-        try:
-            assert s.recv(100) == b""
-        except ConnectionResetError:
-            pass
+    assert_no_banner(daemon, "127.0.0.2")  # a stranger
     assert sftp(daemon, "ls /\n").returncode == 0  # 127.0.0.1 still allowed for acme
 
 
@@ -187,14 +192,7 @@ def test_a_source_that_keeps_failing_is_banned_audited_and_counted(home, tmp_pat
         for _ in range(3):  # one wrong key per connection (IdentitiesOnly): one failure each
             assert sftp(daemon, "ls /\n", key=tmp_path / "k", bind="127.0.0.3").returncode != 0
         assert sftp(daemon, "ls /\n", bind="127.0.0.3").returncode != 0  # acme's own key, banned source
-        with socket.socket() as s:
-            s.bind(("127.0.0.3", 0))
-            s.settimeout(5)
-            s.connect(("127.0.0.1", daemon.ports["sftp"]))
-            try:
-                assert s.recv(100) == b""
-            except ConnectionResetError:
-                pass
+        assert_no_banner(daemon, "127.0.0.3")
         assert sftp(daemon, "ls /\n").returncode == 0
         [(details,)] = query(daemon, "SELECT details FROM audit_log WHERE event = 'sftp.banned'")
         assert '"source": "127.0.0.3"' in details and '"seconds": 600' in details
