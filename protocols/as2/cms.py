@@ -31,7 +31,6 @@ streaming caller must discard what was written to the sink when a function raise
 before the padding, tag or signature at its end has been checked.
 """
 
-import base64
 import functools
 import hmac
 import io
@@ -61,7 +60,7 @@ __all__ = [
     "CIPHERS", "DIGESTS", "KEY_TRANSPORTS", "PEEK_BYTES", "AlgorithmRefused", "CMSError", "DecompressionRefused",
     "Decrypted", "DecryptionFailed", "Malformed", "SignatureInvalid", "SignerNotTrusted", "Verified",
     "compress", "compress_stream", "content_kind", "decompress", "decompress_stream", "decrypt", "decrypt_stream",
-    "encrypt", "encrypt_stream", "mic", "peek_kind", "sign", "sign_digest", "verify", "verify_digests", "verify_stream",
+    "encrypt", "encrypt_stream", "peek_kind", "sign", "sign_digest", "verify", "verify_digests", "verify_stream",
 ]
 
 CIPHERS = ("3des", "aes128-cbc", "aes192-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
@@ -1499,13 +1498,3 @@ def decompress(der: bytes, *, max_size: int, max_ratio: int) -> bytes:
     sink = io.BytesIO()
     decompress_stream(io.BytesIO(der), sink, max_size=max_size, max_ratio=max_ratio)
     return sink.getvalue()
-
-
-
-
-def mic(data: bytes, digest: str) -> str:
-    """The AS2 Received-Content-MIC value: base64 of the ``digest`` of ``data``.
-
-    :raises AlgorithmRefused: a digest not in :data:`DIGESTS`.
-    """
-    return base64.b64encode(_digest(_hash(digest, DIGESTS), data)).decode("ascii")

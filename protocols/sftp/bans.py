@@ -3,8 +3,8 @@
 
 Failures are counted per source address and per partner ID in a sliding window. Only the *source* is
 banned — banning a partner ID would let anyone lock a partner out by guessing at its name — but the
-per-partner count is kept so an attack on one partner from many addresses shows in the metrics and
-the audit trail.
+per-partner count is kept and logged with every refusal, so an attack on one partner from many
+addresses shows in the log.
 """
 
 from collections import deque

@@ -164,10 +164,13 @@ class DoorSSHServer(asyncssh.SSHServer):
             self.partner = partner
             return True
         self.failures += 1
-        _log.info("sftp: login refused for {user!r} from {host} ({n} failures)", user=username, host=self.host,
-                  n=self.failures)
-        if self._backend.bans.failed(self.host, username):
-            self._backend.banned(self.host, username, round(self._backend.bans.banned_for(self.host)))
+        bans = self._backend.bans
+        just_banned = bans.failed(self.host, username)
+        _log.info("sftp: login refused for {user!r} from {host} ({n} on this connection, {m} for this username "
+                  "from anywhere recently)", user=username, host=self.host, n=self.failures,
+                  m=bans.failures_for_partner(username))
+        if just_banned:
+            self._backend.banned(self.host, username, round(bans.banned_for(self.host)))
             if self._conn is not None:
                 self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins")
             return False

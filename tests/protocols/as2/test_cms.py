@@ -6,7 +6,6 @@ twice (the ``via`` fixture): through the bytes API, and through the stream API f
 that hands out a few hundred bytes at a time; a 64 MB message shows that streaming stays small.
 """
 
-import base64
 import hashlib
 import io
 import os
@@ -653,18 +652,6 @@ def test_decompress_garbage_is_malformed(der, via):
     """Garbage, a broken zlib stream (bad checksum) and a truncated message are Malformed."""
     with pytest.raises(cms.Malformed):
         via.decompress(der, max_size=1_000_000, max_ratio=1000)
-
-
-@pytest.mark.parametrize("digest", cms.DIGESTS)
-def test_mic_is_base64_of_the_digest(digest):
-    """The MIC is the base64 digest of the exact bytes (hashlib as the oracle)."""
-    assert cms.mic(PAYLOAD, digest) == base64.b64encode(hashlib.new(digest, PAYLOAD).digest()).decode()
-
-
-def test_mic_refuses_md5():
-    """MD5 is no MIC algorithm."""
-    with pytest.raises(cms.AlgorithmRefused, match="md5"):
-        cms.mic(PAYLOAD, "md5")
 
 
 def test_content_kinds(openssl, gateway, partner):
