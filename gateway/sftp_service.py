@@ -17,24 +17,20 @@ from pathlib import Path
 
 import asyncssh
 import attrs
-from sqlalchemy import select
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from gateway import sftp_files as files
 from gateway.database_service import DatabaseService
 from gateway.metrics import Metrics
 from gateway.portal_api import thd_mark_as
 from gateway.receipts import ReceiptSigner
-from protocols.mdn import ReceiptEntity
 from protocols.sftp import server as door
 from protocols.sftp.bans import BanPolicy, Bans
-from protocols.sftp.tree import PathRefused, check_name
-from spool import audit, records
+from spool import audit
 from spool.blobs import BlobStore
-from spool.schema import messages, quarantine, receipts
 
 _log = Logger()
-_LISTING = 1000  #: files shown per folder
 
 
 def parse_endpoint(endpoint: str) -> tuple[str | None, int]:
@@ -51,60 +47,6 @@ def parse_endpoint(endpoint: str) -> tuple[str | None, int]:
     if port is None or not port.isdigit():
         raise ValueError(f"no port in {endpoint!r}")
     return options.get("interface") or None, int(port)
-
-
-def _file_name(name: str | None, fallback: str) -> str:
-    try:
-        return check_name((name or "").replace("\\", "/").rsplit("/", 1)[-1])
-    except PathRefused:
-        return fallback
-
-
-def _unique(entries: list, make: Callable) -> list:
-    """Entries newest first; a name already shown gets the record ID before its suffix."""
-    seen, out = set(), []
-    for entry in entries:
-        item = make(entry, None)
-        if item.name in seen:
-            item = make(entry, entry)
-        seen.add(item.name)
-        out.append(item)
-    return out
-
-
-def thd_outbox(engine, partner_id: str) -> list[door.OutboxFile]:
-    """The partner's mailbox as ``/outbox/`` files, newest first."""
-    with engine.connect() as conn:
-        items = records.mailbox(conn, partner_id, limit=_LISTING)
-
-    def make(item, disambiguate):
-        m = item.message
-        name = _file_name(m.filename, f"{m.id}.xml")
-        if disambiguate is not None:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}.{m.id}.{ext}" if dot and stem else f"{name}.{m.id}"
-        return door.OutboxFile(name, m.id, m.size, m.sha256, int(m.received_at.timestamp()))
-
-    return _unique(items, make)
-
-
-def thd_receipts(engine, partner_id: str) -> list[door.ReceiptFile]:
-    """The intake receipts of everything the partner sent (accepted or refused) as ``/receipts/`` files."""
-    accepted = (select(receipts, messages.c.filename).join(messages, receipts.c.message_id == messages.c.id)
-                .where(messages.c.sender_id == partner_id, receipts.c.kind == "acceptance"))
-    refused = (select(receipts, quarantine.c.filename).join(quarantine, receipts.c.quarantine_id == quarantine.c.id)
-               .where(quarantine.c.sender_id == partner_id, receipts.c.kind == "rejection"))
-    with engine.connect() as conn:
-        rows = [*conn.execute(accepted), *conn.execute(refused)]
-    rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-
-    def make(row, disambiguate):
-        base = _file_name(row.filename, row.message_id or row.quarantine_id or row.id)
-        name = f"{base}.{row.id}.mdn" if disambiguate is not None else f"{base}.mdn"
-        data = ReceiptEntity(row.content_type, row.body).as_mime()
-        return door.ReceiptFile(name[-255:], data, int(row.created_at.timestamp()))
-
-    return _unique(rows[:_LISTING], make)
 
 
 @attrs.define
@@ -155,9 +97,12 @@ class SFTPDoor:
         self._db, self._signer, self._now, self._metrics = db, signer, now, metrics
         self.connections: set = set()
         self.backend = door.Backend(
-            directory=directory, accept=accept, outbox=lambda p: db.run(thd_outbox, p),
-            receipts=lambda p: db.run(thd_receipts, p), mark=self._mark,
-            open_blob=lambda sha256: run_io(blobs.open, sha256), run_io=run_io, scratch=blobs.scratch,
+            directory=directory, accept=accept, outbox=lambda p: db.run(files.thd_outbox, p),
+            outbox_file=lambda p, name: db.run(files.thd_outbox_file, p, name),
+            receipts=lambda p: db.run(files.thd_receipts, p),
+            receipt_file=lambda p, name: db.run(files.thd_receipt_file, p, name), mark=self._mark,
+            open_blob=lambda sha256: run_io(blobs.open, sha256), run_io=run_io, stage=blobs.stage,
+            discard=blobs.discard,
             transferred=self._transferred, bans=Bans(reactor.seconds, ban_policy), banned=self._banned,
             max_bytes=max_bytes, max_connections=max_connections)
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -108,7 +108,7 @@ class BlobWriter:
         self._fs = fs
         self._fd = fd
         self._max_bytes = max_bytes
-        self._hash = hashlib.sha256()
+        self._hash: Any = hashlib.sha256()  # None once writes stop arriving in order: then hashed at finish
         self._done = False
         #: The temporary file being written.
         self.path = path
@@ -135,6 +135,30 @@ class BlobWriter:
         self._hash.update(chunk)
         self.size = seen
 
+    def write_at(self, offset: int, chunk: bytes) -> None:
+        """Write ``chunk`` at ``offset``, for clients that place their own writes (SFTP); do not mix with
+        :meth:`write`. In-order writes are hashed as they come; after any other, :meth:`finish` reads the
+        file back to hash it.
+
+        :raises PayloadTooLarge: the chunk would end past ``max_bytes``; the file is removed.
+        :raises SpoolWriteError: the write failed; the file is removed.
+        """
+        self._check_open()
+        end = offset + len(chunk)
+        if self._max_bytes is not None and end > self._max_bytes:
+            self.abort()
+            raise PayloadTooLarge(self._max_bytes, end)
+        try:
+            self._fs.write_at(self._fd, chunk, offset)
+        except OSError as exc:
+            self.abort()
+            raise SpoolWriteError(f"cannot write {self.path}: {exc}") from exc
+        if self._hash is not None and offset == self.size:
+            self._hash.update(chunk)
+        else:
+            self._hash = None
+        self.size = max(self.size, end)
+
     def finish(self) -> StagedBlob:
         """Fsync and close the file, checking both, and return it as a :class:`StagedBlob`.
 
@@ -155,7 +179,18 @@ class BlobWriter:
         except OSError as exc:
             self._remove()
             raise SpoolWriteError(f"cannot close {self.path}: {exc}") from exc
-        return StagedBlob(self.path, self._hash.hexdigest(), self.size)
+        return StagedBlob(self.path, self._hash.hexdigest() if self._hash is not None else self._rehash(), self.size)
+
+    def _rehash(self) -> str:
+        digest = hashlib.sha256()
+        try:
+            with self._fs.open_read(self.path) as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            self._remove()
+            raise SpoolWriteError(f"cannot read {self.path} back: {exc}") from exc
+        return digest.hexdigest()
 
     def abort(self) -> None:
         """Close and remove the temporary file; a no-op once finished or aborted.

@@ -33,6 +33,13 @@ class OSFileSystem:
         while view:
             view = view[os.write(fd, view) :]
 
+    def write_at(self, fd: int, data: bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset``, looping over short writes (the file position is not used)."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+
     def fsync(self, fd: int) -> None:
         """Make a file's contents durable. Never retry a failure: the kernel may have dropped the pages."""
         os.fsync(fd)

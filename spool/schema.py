@@ -150,6 +150,7 @@ receipts = Table(
     Column("next_attempt_at", UTCDateTime()),
     Column("last_error", Text),
     Index("ix_receipts_due", "state", "next_attempt_at"),
+    Index("ix_receipts_partner", "partner_id", "created_at"),
     CheckConstraint("kind IN ('acceptance', 'rejection', 'return')", name="kind"),
     CheckConstraint("state IN ('sent', 'pending', 'failed')", name="state"),
 )

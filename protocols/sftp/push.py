@@ -6,8 +6,9 @@ accept **only** the host key pinned for the partner (``partner set --sftp-host-k
 payload streamed from the spool to ``<dir>/.<name>.part``, fsync it when the server offers
 ``fsync@openssh.com``, close it, and rename it to ``<dir>/<name>`` (``posix-rename@openssh.com``,
 which replaces a file a crashed earlier attempt left, or a plain rename). Any error on the way — at
-write, fsync, close or rename — fails the attempt, so the delivery queue retries it; a retry writes
-the same names again, so a receiver never sees a partial file under the final name.
+write, fsync, close or rename — fails the attempt, naming the request, so the delivery queue retries it;
+the ``.part`` is removed while the connection lasts, and a retry writes the same names again, so a
+receiver never sees a partial file under the final name.
 
 asyncssh coroutines start from Twisted through ``Deferred.fromFuture(asyncio.ensure_future(…))``; the
 spool is read on the gateway's I/O pool through ``Deferred.asFuture(loop)``.
@@ -35,6 +36,8 @@ from spool.records import Delivery, Message
 CHUNK = 256 * 1024
 #: Seconds to connect and finish the SSH handshake and login.
 CONNECT_TIMEOUT = 30
+#: A server that stops answering mid-upload is given up after KEEPALIVE × KEEPALIVE_MISSES seconds.
+KEEPALIVE, KEEPALIVE_MISSES = 15, 4
 
 #: Modern algorithms only (no SHA-1, no CBC, no plain ``diffie-hellman-group1/14-sha1``); filtered by what the
 #: installed asyncssh offers. Host key algorithms are left to asyncssh, which offers those of the pinned key only.
@@ -128,6 +131,9 @@ class SFTPPush:
         try:
             async with connection:
                 size = await self._upload(connection, payload, part, final)
+        except _RequestFailed as e:
+            raise DeliveryFailed(f"SFTP upload to {where}:{final} failed at the {e.request} of {part}: "
+                                 f"{_describe(e.error)}") from e.error
         except asyncssh.SFTPError as e:
             raise DeliveryFailed(f"SFTP upload to {where}:{final} failed: {_describe(e)}") from e
         except (OSError, asyncssh.Error) as e:
@@ -140,7 +146,7 @@ class SFTPPush:
             known_hosts=([pinned], [], []), x509_trusted_certs=None, config=[],
             client_keys=[self._client_key], agent_path=None, agent_forwarding=False, ignore_encrypted=True,
             preferred_auth="publickey", password=None, kbdint_auth=False, gss_host=None,
-            **self._algorithms)
+            keepalive_interval=KEEPALIVE, keepalive_count_max=KEEPALIVE_MISSES, **self._algorithms)
         return connection
 
     async def _upload(self, connection: asyncssh.SSHClientConnection, payload: Region, part: str,
@@ -148,28 +154,48 @@ class SFTPPush:
         reader = payload.reader()
         size = 0
         async with connection.start_sftp_client() as sftp:
-            remote = await sftp.open(part, "wb")
+            remote = await _request("open", sftp.open(part, "wb"))
             try:
                 while True:
                     chunk = await Deferred.asFuture(self._run_io(reader.read, CHUNK), self._loop)
                     if not chunk:
                         break
-                    await remote.write(chunk, size)
+                    await _request("write", remote.write(chunk, size))
                     size += len(chunk)
                 try:
-                    await remote.fsync()
+                    await _request("fsync", remote.fsync())
                 except asyncssh.SFTPOpUnsupported:
                     self._log.debug("sftp push: {part}: the server has no fsync@openssh.com", part=part)
-            except BaseException:
+                await _request("close", remote.close())  # errors here fail the push: the server may not have the bytes
+                try:
+                    await _request("rename", sftp.posix_rename(part, final))
+                except asyncssh.SFTPOpUnsupported:
+                    await _request("rename", sftp.rename(part, final))
+            except BaseException:  # the .part is ours: take it away rather than leave it in the partner's inbox
                 await _quietly(remote.close())
                 await _quietly(sftp.remove(part))
                 raise
-            await remote.close()  # errors here fail the push: the server may not have the bytes
-            try:
-                await sftp.posix_rename(part, final)
-            except asyncssh.SFTPOpUnsupported:
-                await sftp.rename(part, final)
         return size
+
+
+class _RequestFailed(Exception):
+    """The server failed one SFTP request of the upload; ``request`` names it, as servers' reasons are often
+    a bare "Failure"."""
+
+    def __init__(self, request: str, error: asyncssh.SFTPError):
+        super().__init__(f"{request}: {error}")
+        self.request = request
+        self.error = error
+
+
+async def _request(name: str, awaitable):
+    """Await one SFTP request, naming it in the error; "unsupported" passes through for the fallbacks."""
+    try:
+        return await awaitable
+    except asyncssh.SFTPOpUnsupported:
+        raise
+    except asyncssh.SFTPError as e:
+        raise _RequestFailed(name, e) from e
 
 
 def _describe(error: BaseException) -> str:

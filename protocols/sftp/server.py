@@ -7,13 +7,16 @@ public key registered to that active partner, from a source in that partner's ow
 Three failed attempts disconnect. :class:`DoorSFTPServer` (one per session) serves the virtual tree of
 :mod:`protocols.sftp.tree` — nothing on disk per partner:
 
-- ``/inbox/NAME``: an upload streams into an anonymous spool scratch file; a *clean* close hands it to
-  the intake and replies only once the decision is durable (a refusal is an SFTP failure carrying
-  the first finding). A close that asyncssh makes while tearing a dead channel down ingests nothing.
-  Temporary names (:func:`~protocols.sftp.tree.is_held`) are taken on rename to a final name.
+- ``/inbox/NAME``: an upload is written straight into a spool staging file (hashed as it arrives, so
+  the bytes are written once); a *clean* close fsyncs it and hands it to the intake, and replies
+  only once the decision is durable (a refusal is an SFTP failure carrying the first finding). A
+  close that asyncssh makes while tearing a dead channel down ingests nothing. Temporary names
+  (:func:`~protocols.sftp.tree.is_held`) are taken on rename to a final name.
 - ``/outbox/``: the mailbox; the first complete read of a file records the download, ``remove``
   acknowledges it (both with the sender's return receipt, as the portal does).
 - ``/receipts/``: ``NAME.mdn``, the signed receipt for each upload, as a MIME entity.
+
+Names are looked up one at a time through the backend; only ``ls`` asks for a whole folder.
 
 asyncssh runs on the reactor's asyncio loop: Twisted Deferreds are awaited through
 ``Deferred.asFuture(loop)``, never directly. The clean-close test reads the channel's private
@@ -21,7 +24,6 @@ asyncssh runs on the reactor's asyncio loop: Twisted Deferreds are awaited throu
 """
 
 import asyncio
-import hashlib
 import json
 import os
 import time
@@ -37,6 +39,7 @@ from twisted.logger import Logger
 from protocols.envelope import Envelope, IntakeUnavailable
 from protocols.sftp.bans import Bans
 from protocols.sftp.tree import INBOX, OUTBOX, RECEIPTS, PathRefused, VPath, is_held, resolve
+from spool.blobs import BlobWriter, PayloadTooLarge, SpoolError, StagedBlob
 
 _log = Logger()
 
@@ -62,11 +65,13 @@ class OutboxFile:
 
 @attrs.frozen
 class ReceiptFile:
-    """A receipt as ``/receipts/`` shows it: the whole MIME entity."""
+    """A receipt as ``/receipts/`` shows it; ``data`` (the whole MIME entity) only when looked up by name."""
 
     name: str
-    data: bytes
+    size: int
     mtime: int
+    receipt_id: str
+    data: bytes | None = None
 
 
 @attrs.frozen
@@ -74,13 +79,16 @@ class Backend:
     """What the door needs from the gateway; every ``Deferred`` fires on the reactor."""
 
     directory: Callable[[], Any]  #: the partner directory snapshot
-    accept: Callable[[Envelope, IO[bytes]], Deferred]  #: the intake
+    accept: Callable[[Envelope, StagedBlob], Deferred]  #: the intake
     outbox: Callable[[str], Deferred]  #: ``partner_id -> list[OutboxFile]``
-    receipts: Callable[[str], Deferred]  #: ``partner_id -> list[ReceiptFile]``
+    outbox_file: Callable[[str, str], Deferred]  #: ``(partner_id, name) -> OutboxFile | None``
+    receipts: Callable[[str], Deferred]  #: ``partner_id -> list[ReceiptFile]`` (without data)
+    receipt_file: Callable[[str, str], Deferred]  #: ``(partner_id, name) -> ReceiptFile | None`` (with data)
     mark: Callable[[str, str, str], Deferred]  #: ``(partner_id, message_id, "downloaded"|"acknowledged")``
     open_blob: Callable[[str], Deferred]  #: ``sha256 -> binary file`` (opened in a thread)
     run_io: Callable[..., Deferred]  #: run a blocking function on the I/O pool
-    scratch: Callable[[], IO[bytes]]  #: an anonymous spool temporary file
+    stage: Callable[[], BlobWriter]  #: a new spool staging file (blocking: call it through ``run_io``)
+    discard: Callable[[StagedBlob], None]  #: remove a staged file never handed to the intake (blocking)
     transferred: Callable[[dict], None]  #: one transfer record (logged as JSON and counted)
     bans: Bans  #: failed logins per source and partner; banned sources are dropped like strangers
     banned: Callable[[str, str, int], None]  #: ``(source, username, seconds)``: a source was just banned
@@ -184,15 +192,19 @@ class DoorSSHServer(asyncssh.SSHServer):
 
 
 class _Upload:
-    """An open write handle in ``/inbox``."""
+    """A write handle in ``/inbox``: its staging file while open, the staged blob once closed."""
 
-    def __init__(self, name: str, scratch: IO[bytes]):
+    def __init__(self, name: str, writer: BlobWriter):
         self.name = name
-        self.file = scratch
-        self.size = 0
-        self.digest: Any = hashlib.sha256()  # None once writes stop being sequential
+        self.writer: BlobWriter | None = writer
+        self.staged: StagedBlob | None = None
         self.failed: str | None = None
         self.started = time.monotonic()
+
+    @property
+    def size(self) -> int:
+        """Bytes received so far."""
+        return self.staged.size if self.staged is not None else self.writer.size if self.writer is not None else 0
 
 
 class _Download:
@@ -218,21 +230,8 @@ def _denied(reason: str = "not allowed here") -> asyncssh.SFTPError:
     return asyncssh.SFTPPermissionDenied(reason)
 
 
-def _thd_write(f: IO[bytes], offset: int, data: bytes) -> None:
-    os.pwrite(f.fileno(), data, offset)
-
-
 def _thd_read(f: IO[bytes], offset: int, size: int) -> bytes:
     return os.pread(f.fileno(), size, offset)
-
-
-def _thd_hash(f: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    f.seek(0)
-    while chunk := f.read(1 << 20):
-        digest.update(chunk)
-    f.seek(0)
-    return digest.hexdigest()
 
 
 class DoorSFTPServer(asyncssh.SFTPServer):
@@ -260,21 +259,28 @@ class DoorSFTPServer(asyncssh.SFTPServer):
         except PathRefused as e:
             raise (asyncssh.SFTPNoSuchFile(str(e)) if e.missing else _denied(str(e))) from None
 
-    async def _outbox(self) -> dict[str, OutboxFile]:
-        return {f.name: f for f in await self._wait(self._backend.outbox(self._partner.id))}
+    async def _outbox_file(self, name: str) -> OutboxFile:
+        item = await self._wait(self._backend.outbox_file(self._partner.id, name))
+        if item is None:
+            raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+        return item
 
-    async def _receipts(self) -> dict[str, ReceiptFile]:
-        return {f.name: f for f in await self._wait(self._backend.receipts(self._partner.id))}
+    async def _receipt_file(self, name: str) -> ReceiptFile:
+        receipt = await self._wait(self._backend.receipt_file(self._partner.id, name))
+        if receipt is None:
+            raise asyncssh.SFTPNoSuchFile("no such receipt")
+        return receipt
 
     def _clean(self) -> bool:
         """True while the client itself sends the request (not asyncssh tearing a dead channel down)."""
         chan = self.channel
         return not chan.is_closing() and getattr(chan, "_recv_state", None) == "open"
 
-    def _record(self, upload: _Upload, result: str, sha256: str | None = None) -> None:
+    def _record(self, upload: _Upload, result: str) -> None:
         self._backend.transferred({
             "partner": self._partner.id, "ip": self._owner.host, "name": upload.name, "size": upload.size,
-            "sha256": sha256, "duration": round(time.monotonic() - upload.started, 3), "result": result})
+            "sha256": upload.staged.sha256 if upload.staged is not None else None,
+            "duration": round(time.monotonic() - upload.started, 3), "result": result})
 
     # -- files -------------------------------------------------------------------------------------------
 
@@ -286,39 +292,40 @@ class DoorSFTPServer(asyncssh.SFTPServer):
         if pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT):
             if where.folder != INBOX or not where.name:
                 raise _denied("uploads go into /inbox")
-            handle: object = _Upload(where.name, await self._wait(self._backend.run_io(self._backend.scratch)))
+            try:
+                writer = await self._wait(self._backend.run_io(self._backend.stage))
+            except SpoolError:
+                raise asyncssh.SFTPFailure("temporary failure, retry") from None
+            handle: object = _Upload(where.name, writer)
         elif pflags & FXF_READ and where.name and where.folder == OUTBOX:
-            item = (await self._outbox()).get(where.name)
-            if item is None:
-                raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+            item = await self._outbox_file(where.name)
             handle = _Download(item.size, blob=await self._wait(self._backend.open_blob(item.sha256)), item=item)
         elif pflags & FXF_READ and where.name and where.folder == RECEIPTS:
-            receipt = (await self._receipts()).get(where.name)
-            if receipt is None:
-                raise asyncssh.SFTPNoSuchFile("no such receipt")
-            handle = _Download(len(receipt.data), data=receipt.data)
+            receipt = await self._receipt_file(where.name)
+            handle = _Download(receipt.size, data=receipt.data or b"")
         else:
             raise _denied()
         self._handles += 1
         return handle
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
-        """Stream into the scratch file; past the size cap, fail now and at close."""
-        if not isinstance(file_obj, _Upload):
+        """Write into the staging file; past the size cap or on a spool fault, fail now and at close."""
+        if not isinstance(file_obj, _Upload) or file_obj.writer is None:
             raise _denied("read-only")
         upload = file_obj
         if upload.failed:
             raise asyncssh.SFTPFailure(upload.failed)
         if offset + len(data) > self._backend.max_bytes:
             upload.failed = f"file too large: this gateway accepts at most {self._backend.max_bytes} bytes"
-            raise asyncssh.SFTPFailure(upload.failed)
-        if upload.digest is not None and offset == upload.size:
-            upload.digest.update(data)
         else:
-            upload.digest = None
-        await self._wait(self._backend.run_io(_thd_write, upload.file, offset, data))
-        upload.size = max(upload.size, offset + len(data))
-        return len(data)
+            try:
+                await self._wait(self._backend.run_io(upload.writer.write_at, offset, data))
+                return len(data)
+            except PayloadTooLarge as e:
+                upload.failed = f"file too large: this gateway accepts at most {e.limit} bytes"
+            except SpoolError:
+                upload.failed = "temporary failure, retry"
+        raise asyncssh.SFTPFailure(upload.failed)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         """Bytes of a document or receipt; every range read is remembered to spot a complete download."""
@@ -343,12 +350,18 @@ class DoorSFTPServer(asyncssh.SFTPServer):
                 await self._wait(self._backend.mark(self._partner.id, file_obj.item.message_id, "downloaded"))
             return
         upload: _Upload = file_obj  # type: ignore[assignment]
-        if not clean:
-            await self._discard(upload, "interrupted")
+        if not clean or upload.failed:
+            await self._discard(upload, "interrupted" if not clean else "refused")
+            if clean:
+                raise asyncssh.SFTPFailure(upload.failed)
             return
-        if upload.failed:
-            await self._discard(upload, "refused")
-            raise asyncssh.SFTPFailure(upload.failed)
+        try:
+            upload.staged = await self._wait(self._backend.run_io(upload.writer.finish))
+        except SpoolError:
+            upload.writer = None
+            self._record(upload, "unavailable")
+            raise asyncssh.SFTPFailure("temporary failure, retry") from None
+        upload.writer = None
         if is_held(upload.name):
             old = self._held.pop(upload.name, None)
             if old is not None:
@@ -358,35 +371,35 @@ class DoorSFTPServer(asyncssh.SFTPServer):
         await self._ingest(upload, upload.name)
 
     async def _discard(self, upload: _Upload, result: str) -> None:
-        await self._wait(self._backend.run_io(upload.file.close))
+        """Drop an upload the intake will never see: its staging file goes, its transfer is recorded."""
+        if upload.writer is not None:
+            await self._wait(self._backend.run_io(upload.writer.abort))
+        elif upload.staged is not None:
+            await self._wait(self._backend.run_io(self._backend.discard, upload.staged))
         self._record(upload, result)
 
     async def _ingest(self, upload: _Upload, name: str) -> None:
+        """Hand a staged upload to the intake (which owns the staged file from here on)."""
         upload.name = name
+        envelope = Envelope(sender=self._partner, channel="sftp", filename=name)
         try:
-            sha256 = (upload.digest.hexdigest() if upload.digest is not None
-                      else await self._wait(self._backend.run_io(_thd_hash, upload.file)))
-            await self._wait(self._backend.run_io(upload.file.seek, 0))
-            envelope = Envelope(sender=self._partner, channel="sftp", filename=name)
-            try:
-                decision = await self._wait(self._backend.accept(envelope, upload.file))
-            except IntakeUnavailable:
-                self._record(upload, "unavailable", sha256)
-                raise asyncssh.SFTPFailure("temporary failure, retry") from None
-        finally:
-            await self._wait(self._backend.run_io(upload.file.close))
+            decision = await self._wait(self._backend.accept(envelope, upload.staged))
+        except IntakeUnavailable:
+            self._record(upload, "unavailable")
+            raise asyncssh.SFTPFailure("temporary failure, retry") from None
         if not decision.accepted:
-            self._record(upload, "rejected", sha256)
+            self._record(upload, "rejected")
             reason = decision.findings[0].message if decision.findings else "refused"
             raise asyncssh.SFTPFailure(f"refused: {reason}")
-        self._record(upload, decision.outcome, sha256)
+        self._record(upload, decision.outcome)
         self._taken[name] = upload.size
 
     def exit(self) -> None:
-        """The session ended: held uploads that were never renamed are dropped."""
+        """The session ended: open uploads and held ones never renamed are dropped."""
         self._owner.sessions -= 1
         for upload in self._held.values():
-            upload.file.close()
+            self._backend.run_io(self._backend.discard, upload.staged).addErrback(
+                lambda f: _log.failure("sftp: cannot drop a held upload", f))
             self._record(upload, "abandoned")
         self._held.clear()
 
@@ -408,14 +421,10 @@ class DoorSFTPServer(asyncssh.SFTPServer):
                 raise asyncssh.SFTPNoSuchFile("no such file")
             return SFTPAttrs(permissions=0o100200, size=size)
         if where.folder == OUTBOX:
-            item = (await self._outbox()).get(where.name)
-            if item is None:
-                raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+            item = await self._outbox_file(where.name)
             return SFTPAttrs(permissions=_FILE_MODE, size=item.size, mtime=item.mtime, atime=item.mtime)
-        receipt = (await self._receipts()).get(where.name)
-        if receipt is None:
-            raise asyncssh.SFTPNoSuchFile("no such receipt")
-        return SFTPAttrs(permissions=_FILE_MODE, size=len(receipt.data), mtime=receipt.mtime, atime=receipt.mtime)
+        receipt = await self._receipt_file(where.name)
+        return SFTPAttrs(permissions=_FILE_MODE, size=receipt.size, mtime=receipt.mtime, atime=receipt.mtime)
 
     lstat = stat
 
@@ -438,21 +447,19 @@ class DoorSFTPServer(asyncssh.SFTPServer):
             for name, upload in self._held.items():
                 yield SFTPName(name.encode(), attrs=SFTPAttrs(permissions=0o100200, size=upload.size))
         elif where.folder == OUTBOX:
-            for item in (await self._outbox()).values():
+            for item in await self._wait(self._backend.outbox(self._partner.id)):
                 yield SFTPName(item.name.encode(), attrs=SFTPAttrs(permissions=_FILE_MODE, size=item.size,
                                                                    mtime=item.mtime, atime=item.mtime))
         else:
-            for receipt in (await self._receipts()).values():
+            for receipt in await self._wait(self._backend.receipts(self._partner.id)):
                 yield SFTPName(receipt.name.encode(), attrs=SFTPAttrs(
-                    permissions=_FILE_MODE, size=len(receipt.data), mtime=receipt.mtime, atime=receipt.mtime))
+                    permissions=_FILE_MODE, size=receipt.size, mtime=receipt.mtime, atime=receipt.mtime))
 
     async def remove(self, path: bytes) -> None:
         """Removing an outbox document acknowledges it; a held upload may be dropped."""
         where = self._where(path)
         if where.folder == OUTBOX and where.name:
-            item = (await self._outbox()).get(where.name)
-            if item is None:
-                raise asyncssh.SFTPNoSuchFile("no such document in your outbox")
+            item = await self._outbox_file(where.name)
             await self._wait(self._backend.mark(self._partner.id, item.message_id, "acknowledged"))
             return
         if where.folder == INBOX and where.name in self._held:

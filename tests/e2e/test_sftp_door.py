@@ -90,6 +90,7 @@ def test_openssh_upload_gives_a_signed_receipt_and_reaches_the_recipients_outbox
     wait_until(lambda: query(daemon, "SELECT state FROM mailbox_items") == [("downloaded",)])
     assert sftp(daemon, "rm /outbox/base-example.xml\n", user="globex").returncode == 0
     assert query(daemon, "SELECT state FROM mailbox_items") == [("acknowledged",)]
+    assert "base-example" not in sftp(daemon, "ls /outbox\n", user="globex").stdout  # acknowledged: gone
     events = [e for (e,) in query(daemon, "SELECT event FROM audit_log WHERE event LIKE 'mailbox.%'")]
     assert events == ["mailbox.downloaded", "mailbox.acknowledged"]
     assert query(daemon, "SELECT count(*) FROM receipts WHERE kind = 'return'") == [(2,)]

@@ -86,6 +86,11 @@ class FailingFileSystem(OSFileSystem):
         self._maybe_fail("write")
         super().write(fd, data)
 
+    def write_at(self, fd: int, data: bytes, offset: int) -> None:
+        """Maybe fail, else write at ``offset``."""
+        self._maybe_fail("write_at")
+        super().write_at(fd, data, offset)
+
     def fsync(self, fd: int) -> None:
         """Maybe fail, else fsync."""
         self._maybe_fail("fsync")
@@ -152,6 +157,38 @@ def test_chunking_does_not_change_hash(tmp_path_factory, data, cuts):
     staged = stage(store, *chunks)
     assert (staged.sha256, staged.size) == (sha(data), len(data))
     assert staged.path.read_bytes() == data
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.binary(min_size=1, max_size=2048), cuts=st.lists(st.integers(min_value=0, max_value=2048), max_size=12),
+       order=st.randoms(use_true_random=False))
+def test_positioned_writes_in_any_order_give_the_content_hash(tmp_path_factory, data, cuts, order):
+    """write_at() pieces in any order, rewrites included, stage the same bytes, name and size as one write."""
+    store = BlobStore(tmp_path_factory.mktemp("spool"))
+    bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    pieces = [(a, data[a:b]) for a, b in itertools.pairwise(bounds)]
+    order.shuffle(pieces)
+    with store.stage() as writer:
+        for offset, chunk in [*pieces, pieces[0]]:
+            writer.write_at(offset, chunk)
+        staged = writer.finish()
+    assert (staged.sha256, staged.size) == (sha(data), len(data))
+    assert staged.path.read_bytes() == data
+
+
+def test_positioned_write_limit_and_failure(tmp_path):
+    """write_at() refuses to end past ``max_bytes`` and removes the file; a failing write does too."""
+    store = BlobStore(tmp_path, max_bytes=10)
+    writer = store.stage()
+    writer.write_at(0, b"12345")
+    with pytest.raises(PayloadTooLarge) as caught:
+        writer.write_at(8, b"abc")
+    assert (caught.value.limit, caught.value.seen) == (10, 11)
+    assert tmp_names(store) == []
+    failing = BlobStore(tmp_path / "f", fs=FailingFileSystem("write_at", code=errno.ENOSPC))
+    with pytest.raises(SpoolWriteError, match="No space left"), failing.stage() as writer:
+        writer.write_at(0, b"data")
+    assert tmp_names(failing) == []
 
 
 def test_staged_file_mode_0600(store):
