@@ -336,13 +336,15 @@ def partner_ssh_key() -> None:
 @partner_ssh_key.command("add")
 @click.argument("partner_id", metavar="ID")
 @click.argument("pub", metavar="PUB")
+@click.option("--ca", is_flag=True, help="The key is the partner's SSH certificate authority: OpenSSH user "
+              "certificates it signs with the principal ID log in as the partner (the key itself does not).")
 @pass_ctx
-def partner_ssh_key_add(c: Context, partner_id: str, pub: str) -> None:
+def partner_ssh_key_add(c: Context, partner_id: str, pub: str, ca: bool) -> None:
     """Register an SSH public key (.pub file or key line)."""
     key = read_ssh_key(pub)
-    with c.change("partner.ssh_key.added", partner_id, fingerprint=key.fingerprint) as (conn, _):
-        fp = store.add_ssh_key(conn, partner_id, key, now())
-    click.echo(f"SSH key {fp} added to {partner_id}")
+    with c.change("partner.ssh_key.added", partner_id, fingerprint=key.fingerprint, ca=ca) as (conn, _):
+        fp = store.add_ssh_key(conn, partner_id, key, now(), ca=ca)
+    click.echo(f"SSH {'certificate authority' if ca else 'key'} {fp} added to {partner_id}")
 
 
 @partner_ssh_key.command("remove")

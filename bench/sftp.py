@@ -394,14 +394,16 @@ def medians(runs: list[dict], measure: str) -> dict:
     """Median of ``measure`` per (client, server) over the valid runs; invalid runs are counted, not used."""
     table: dict = {}
     for r in runs:
-        cell = table.setdefault(r["client"], {}).setdefault(r["server"], {"values": [], "invalid": 0})
+        cell = table.setdefault(r["client"], {}).setdefault(r["server"], {"values": [], "cpu": [], "invalid": 0})
         if r["valid"]:
             cell["values"].append(r[measure])
+            cell["cpu"].append(r["server_cpu_s"])
         else:
             cell["invalid"] += 1
     for servers in table.values():
         for cell in servers.values():
             cell["median"] = statistics.median(cell["values"]) if cell["values"] else None
+            cell["median_cpu_s"] = statistics.median(cell["cpu"]) if cell["cpu"] else None
         ours = servers["postroom"]["median"]
         for name in ("openssh", "openssh-f"):
             theirs = servers.get(name, {}).get("median")
@@ -411,22 +413,29 @@ def medians(runs: list[dict], measure: str) -> dict:
 
 
 def print_table(title: str, unit: str, table: dict) -> None:
+    """Medians per client, the ratios, and the server's CPU seconds per run (sshd: its reaped sessions)."""
+    names = ("postroom", "openssh", "openssh-f")
     print(f"\n{title} ({unit}, median of valid runs; ratio = Postroom / OpenSSH)")
-    print(f"  {'client':9} {'Postroom':>10} {'OpenSSH':>10} {'put -f':>10} {'ratio':>7} {'ratio -f':>9}  invalid")
+    print(f"  {'client':9} {'Postroom':>9} {'OpenSSH':>9} {'put -f':>9} {'ratio':>6} {'ratio -f':>8}  "
+          f"{'server CPU s (P / O / -f)':>25}  invalid")
     for client, servers in table.items():
-        cells = [servers.get(name, {}).get("median") for name in ("postroom", "openssh", "openssh-f")]
-        invalid = sum(servers.get(name, {}).get("invalid", 0) for name in ("postroom", "openssh", "openssh-f"))
-        text = [f"{v:10.1f}" if v is not None else f"{'-':>10}" for v in cells]
-        ratios = [servers.get(f"ratio_vs_{name}") for name in ("openssh", "openssh-f")]
-        print(f"  {client:9} {' '.join(text)} {ratios[0] or '-':>7} {ratios[1] or '-':>9}  {invalid}")
+        cells = [servers.get(name, {}) for name in names]
+        rates = " ".join(f"{c['median']:9.1f}" if c.get("median") else f"{'-':>9}" for c in cells)
+        cpu = " / ".join(f"{c['median_cpu_s']:.2f}" if c.get("median_cpu_s") is not None else "-" for c in cells)
+        ratios = [servers.get(f"ratio_vs_{name}") or "-" for name in names[1:]]
+        invalid = sum(c.get("invalid", 0) for c in cells)
+        print(f"  {client:9} {rates} {ratios[0]:>6} {ratios[1]:>8}  {cpu:>25}  {invalid}")
 
 
 def environment() -> dict:
+    """Versions and machine, and the commit measured (files edited since are listed: the daemon ran them)."""
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
+    git = [subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.split()
+           for args in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
     model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
             "python": platform.python_version(), "asyncssh": asyncssh.__version__, "paramiko": paramiko.__version__,
-            "openssh": (ssh.stderr or ssh.stdout).strip()}
+            "openssh": (ssh.stderr or ssh.stdout).strip(), "commit": git[0][0], "modified": git[1]}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

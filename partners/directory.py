@@ -42,6 +42,7 @@ class Partner:
     certificates: Mapping[str, tuple[certs_x509.Certificate, ...]] = attrs.field(factory=dict, eq=False)
     cas: Mapping[str, tuple[certs_x509.Certificate, ...]] = attrs.field(factory=dict, eq=False)
     ssh_keys: tuple[str, ...] = ()  #: OpenSSH public key lines
+    ssh_cas: tuple[str, ...] = ()  #: OpenSSH public key lines of CAs whose user certificates for ``id`` log in
     #: how to wrap what we send the partner over AS2 (``protocols.as2.outbound.SendOptions`` fields)
     as2_options: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
     sftp_url: str | None = None  #: where the ``sftp`` push uploads (``sftp://user@host:port/dir``)
@@ -162,8 +163,9 @@ def load_directory(conn: Connection) -> PartnerDirectory:
         target = cas if row.is_ca else leaves
         target.setdefault(row.partner_id, {}).setdefault(row.usage, []).append(cert)
     keys: dict[str, list[str]] = {}
+    ssh_cas: dict[str, list[str]] = {}
     for row in conn.execute(select(ssh_keys).order_by(ssh_keys.c.id)):
-        keys.setdefault(row.partner_id, []).append(row.public_key)
+        (ssh_cas if row.is_ca else keys).setdefault(row.partner_id, []).append(row.public_key)
     result = []
     for row in conn.execute(select(partners)):
         mine = idents.get(row.id, {})
@@ -182,6 +184,7 @@ def load_directory(conn: Connection) -> PartnerDirectory:
                 certificates={u: tuple(c) for u, c in leaves.get(row.id, {}).items()},
                 cas={u: tuple(c) for u, c in cas.get(row.id, {}).items()},
                 ssh_keys=tuple(keys.get(row.id, ())),
+                ssh_cas=tuple(ssh_cas.get(row.id, ())),
                 as2_options=dict(row.as2_options or {}),
                 sftp_url=row.sftp_url,
                 sftp_host_key=row.sftp_host_key,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -112,6 +113,8 @@ ssh_keys = Table(
     Column("public_key", Text, nullable=False),
     Column("comment", String(200), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    #: a certificate authority: OpenSSH user certificates it signs for the partner's ID log in as the partner
+    Column("is_ca", Boolean, nullable=False, server_default=false()),
 )
 
 allowlist = Table(

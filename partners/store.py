@@ -302,8 +302,9 @@ def remove_certificate(conn: Connection, partner_id: str, fingerprint: str, now:
     _touch(conn, partner_id, now)
 
 
-def add_ssh_key(conn: Connection, partner_id: str, key: SSHPublicKey, now: datetime) -> str:
-    """Register an SSH public key for SFTP logins; returns its fingerprint."""
+def add_ssh_key(conn: Connection, partner_id: str, key: SSHPublicKey, now: datetime, *, ca: bool = False) -> str:
+    """Register an SSH public key for SFTP logins (``ca``: a CA whose user certificates for the partner's ID
+    log in); returns its fingerprint."""
     require_partner(conn, partner_id)
     owner = conn.execute(select(ssh_keys.c.partner_id).where(ssh_keys.c.fingerprint == key.fingerprint)).scalar()
     if owner is not None:
@@ -316,6 +317,7 @@ def add_ssh_key(conn: Connection, partner_id: str, key: SSHPublicKey, now: datet
             public_key=key.openssh,
             comment=key.comment[:200],
             created_at=now,
+            is_ca=ca,
         )
     )
     _touch(conn, partner_id, now)
@@ -406,7 +408,7 @@ def show_partner(conn: Connection, partner_id: str) -> dict:
         "policy": Policy.from_json(row.policy).to_json(),
         "certificates": list_certificates(conn, partner_id),
         "ssh_keys": [
-            {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment} for k in keys
+            {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment, "ca": k.is_ca} for k in keys
         ],
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),

@@ -36,7 +36,7 @@ from spool.records import Delivery, Message
 CHUNK = 256 * 1024
 #: Seconds to connect and finish the SSH handshake and login.
 CONNECT_TIMEOUT = 30
-#: A server that stops answering mid-upload is given up after KEEPALIVE × KEEPALIVE_MISSES seconds.
+#: A server that stops answering mid-upload is given up after KEEPALIVE * KEEPALIVE_MISSES seconds.
 KEEPALIVE, KEEPALIVE_MISSES = 15, 4
 
 #: Modern algorithms only (no SHA-1, no CBC, no plain ``diffie-hellman-group1/14-sha1``); filtered by what the

@@ -3,8 +3,10 @@
 
 :class:`DoorSSHServer` (one per connection) drops a source no active partner allowlists in
 ``connection_made``, before any SSH byte is sent; then the username is the partner ID and only a
-public key registered to that active partner, from a source in that partner's own allowlist, logs in.
-Three failed attempts disconnect. :class:`DoorSFTPServer` (one per session) serves the virtual tree of
+public key registered to that active partner, or an OpenSSH user certificate for the principal
+``ID`` signed by a CA registered to it, from a source in that partner's own allowlist, logs in
+(asyncssh checks the certificate's validity period, principals and ``source-address``). Three
+failed attempts disconnect. :class:`DoorSFTPServer` (one per session) serves the virtual tree of
 :mod:`protocols.sftp.tree` — nothing on disk per partner:
 
 - ``/inbox/NAME``: an upload is written straight into a spool staging file (hashed as it arrives, so
@@ -112,6 +114,7 @@ class DoorSSHServer(asyncssh.SSHServer):
         self.failures = 0
         self.sessions = 0
         self._counted = False
+        self._certified = None  # the partner whose CAs may certify this login
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Drop a source no active partner allowlists: it never sees a banner."""
@@ -139,6 +142,7 @@ class DoorSSHServer(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         """At most ``max_connections`` logged-in connections per partner."""
+        self.partner = self.partner or self._certified
         logged_in = self._backend.logged_in
         if logged_in.get(self.partner.id, 0) >= self._backend.max_connections:
             _log.info("sftp: refused {partner} from {host}: {n} connections already", partner=self.partner.id,
@@ -150,7 +154,12 @@ class DoorSSHServer(asyncssh.SSHServer):
         self._counted = True
 
     def begin_auth(self, username: str) -> bool:
-        """Every login needs a key."""
+        """Every login needs a key; certificates count only from CAs of the active partner ``username``."""
+        partner = self._backend.directory().get(username)
+        if partner is not None and partner.ssh_cas and partner.active and partner.allows(self.host):
+            self._certified = partner
+            self._conn.set_authorized_keys(asyncssh.import_authorized_keys("".join(
+                f'cert-authority,principals="{partner.id}" {line}\n' for line in partner.ssh_cas)))
         return True
 
     def password_auth_supported(self) -> bool:
@@ -171,6 +180,17 @@ class DoorSSHServer(asyncssh.SSHServer):
         if (partner is not None and partner.id == username and partner.active and partner.allows(self.host)):
             self.partner = partner
             return True
+        self._failed(username)
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """A certificate no registered CA of ``username`` signed for it (or out of date, or for another
+        principal): a failed attempt like a wrong key."""
+        self._failed(username)
+        return False
+
+    def _failed(self, username: str) -> None:
+        """Count a failed login; ban the source, or disconnect, when it has failed too often."""
         self.failures += 1
         bans = self._backend.bans
         just_banned = bans.failed(self.host, username)
@@ -181,10 +201,9 @@ class DoorSSHServer(asyncssh.SSHServer):
             self._backend.banned(self.host, username, round(bans.banned_for(self.host)))
             if self._conn is not None:
                 self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many failed logins")
-            return False
+            return
         if self.failures >= MAX_AUTH_FAILURES and self._conn is not None:
             self._conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures")
-        return False
 
     def session_requested(self) -> bool:
         """At most ``max_sessions`` SFTP sessions at once on one connection."""

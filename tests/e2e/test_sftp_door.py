@@ -36,10 +36,11 @@ def daemon(home):
     d.stop()
 
 
-def sftp(daemon, commands: str, *, user: str = "acme", key=None, bind: str | None = None):
+def sftp(daemon, commands: str, *, user: str = "acme", key=None, bind: str | None = None, certificate=None):
     """OpenSSH ``sftp -b -`` as ``user``: the completed process (rc non-zero when any command failed)."""
     key = key or daemon.home.demo / user / "id_ed25519"
     extra = ["-o", f"BindAddress={bind}"] if bind else []
+    extra += ["-o", f"CertificateFile={certificate}"] if certificate else []
     return subprocess.run(
         ["sftp", "-b", "-", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
          "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", *extra,
@@ -181,6 +182,40 @@ def test_wrong_key_disabled_partner_and_foreign_source_are_refused(daemon, tmp_p
 
     assert_no_banner(daemon, "127.0.0.2")  # a stranger
     assert sftp(daemon, "ls /\n").returncode == 0  # 127.0.0.1 still allowed for acme
+
+
+def test_openssh_certificates_from_a_partners_ca_log_in_as_that_partner_only(daemon, tmp_path):
+    """``partner ssh-key add acme CA.pub --ca``: a certificate it signs for principal ``acme`` logs in with a key
+    never registered; another principal, no principal, an expired certificate, another partner's CA, or the
+    CA key used as a plain key do not."""
+    def keygen(*args: str) -> None:
+        subprocess.run(["ssh-keygen", "-q", *args], check=True, capture_output=True)
+
+    keygen("-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca"))
+    keygen("-t", "ed25519", "-N", "", "-f", str(tmp_path / "other-ca"))
+    daemon.cli("partner", "ssh-key", "add", "acme", str(tmp_path / "ca.pub"), "--ca")
+    daemon.cli("partner", "ssh-key", "add", "globex", str(tmp_path / "other-ca.pub"), "--ca")
+    shown = json.loads(daemon.cli("partner", "show", "acme", "--json").stdout)
+    assert [k["ca"] for k in shown["ssh_keys"]] == [False, True]
+
+    def certified(name: str, ca: str, *options: str):
+        key = tmp_path / name
+        keygen("-t", "ed25519", "-N", "", "-f", str(key))
+        keygen("-s", str(tmp_path / ca), "-I", name, *options, str(key) + ".pub")
+        return key, tmp_path / f"{name}-cert.pub"
+
+    key, cert = certified("good", "ca", "-n", "acme", "-V", "-5m:+1h")
+    wait_until(lambda: sftp(daemon, "ls /\n", key=key, certificate=cert).returncode == 0)
+    assert sftp(daemon, f"put {BASE_EXAMPLE} /inbox/by-certificate.xml\n", key=key, certificate=cert).returncode == 0
+    assert query(daemon, "SELECT sender_id, filename FROM messages") == [("acme", "by-certificate.xml")]
+    assert sftp(daemon, "ls /\n", user="globex", key=key, certificate=cert).returncode != 0  # principal is acme
+
+    refused = [certified("globex", "ca", "-n", "globex"), certified("anyone", "ca"),
+               certified("expired", "ca", "-n", "acme", "-V", "-2h:-1h"),
+               certified("foreign", "other-ca", "-n", "acme")]
+    for key, cert in refused:
+        assert sftp(daemon, "ls /\n", key=key, certificate=cert).returncode != 0, key.name
+    assert sftp(daemon, "ls /\n", key=tmp_path / "ca").returncode != 0
 
 
 def test_a_source_that_keeps_failing_is_banned_audited_and_counted(home, tmp_path):

@@ -28,7 +28,8 @@ def message(conn, at: datetime, filename: str | None, *, sender="acme", recipien
     return m
 
 
-def receipt(conn, at: datetime, *, message_id=None, quarantine_id=None, partner="acme", body=b"signed") -> StoredReceipt:
+def receipt(conn, at: datetime, *, message_id=None, quarantine_id=None, partner="acme",
+            body=b"signed") -> StoredReceipt:
     r = StoredReceipt(id=records.new_id(at), kind="acceptance" if message_id else "rejection", partner_id=partner,
                       disposition="automatic-action/MDN-sent-automatically; processed",
                       content_type='multipart/signed; boundary="b"', body=body, created_at=at, state="sent",

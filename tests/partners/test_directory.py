@@ -124,6 +124,17 @@ def test_by_ssh_fingerprint(world, make_ssh_key):
     assert world.directory.by_ssh_fingerprint(make_ssh_key().fingerprint) is None
 
 
+def test_an_ssh_ca_certifies_logins_but_is_no_login_key_itself(world, make_ssh_key):
+    """A key registered with ``ca=True`` is listed in ``ssh_cas`` only: its own fingerprint logs nobody in."""
+    ca = make_ssh_key("acme-ca")
+    with world.engine.begin() as conn:
+        store.add_ssh_key(conn, "acme", ca, world.now, ca=True)
+    directory = reload(world)
+    assert directory.get("acme").ssh_cas == (ca.openssh,)
+    assert ca.openssh not in directory.get("acme").ssh_keys
+    assert directory.by_ssh_fingerprint(ca.fingerprint) is None
+
+
 # -- disabled partners -----------------------------------------------------------------------------
 
 
