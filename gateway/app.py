@@ -234,7 +234,7 @@ class PostroomService(MultiService):
                             self.blobs, self.signer, self.directory.get, self._accept, self.io.run, self._now,
                             self.metrics, config.limits.max_payload_bytes,
                             BanPolicy(config.sftp.ban_after, config.sftp.ban_window, config.sftp.ban_seconds),
-                            config.sftp.max_connections)
+                            config.sftp.max_connections, config.sftp.max_rate)
             doors.append(Door("sftp", config.listen.sftp, None, sftp.listen))
         if config.listen.metrics:
             site = _site(operations_root(self.metrics, self.directory.health))

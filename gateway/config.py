@@ -115,12 +115,14 @@ class PortalSection:
 @attrs.frozen
 class SFTPSection:
     """The SFTP door: ``ban_after`` failed logins from one source within ``ban_window`` seconds ban it for
-    ``ban_seconds``; a partner may hold ``max_connections`` logged-in connections at once."""
+    ``ban_seconds``; a partner may hold ``max_connections`` logged-in connections at once, each moving at
+    most ``max_rate`` bytes per second (0: no limit)."""
 
     ban_after: int = 10
     ban_window: int = 600
     ban_seconds: int = 900
     max_connections: int = 8
+    max_rate: int = 0
 
 
 @attrs.frozen

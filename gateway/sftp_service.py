@@ -91,7 +91,8 @@ class SFTPDoor:
 
     def __init__(self, reactor, host_keys: list[Path], db: DatabaseService, blobs: BlobStore, signer: ReceiptSigner,
                  directory: Callable, accept: Callable, run_io: Callable[..., Deferred], now: Callable[[], datetime],
-                 metrics: Metrics, max_bytes: int, ban_policy: BanPolicy, max_connections: int):
+                 metrics: Metrics, max_bytes: int, ban_policy: BanPolicy, max_connections: int,
+                 max_rate: int = 0):
         self._loop = getattr(reactor, "_asyncioEventloop", None) or asyncio.get_event_loop()
         self._host_keys = host_keys
         self._db, self._signer, self._now, self._metrics = db, signer, now, metrics
@@ -104,7 +105,7 @@ class SFTPDoor:
             open_blob=lambda sha256: run_io(blobs.open, sha256), run_io=run_io, stage=blobs.stage,
             discard=blobs.discard,
             transferred=self._transferred, bans=Bans(reactor.seconds, ban_policy), banned=self._banned,
-            max_bytes=max_bytes, max_connections=max_connections)
+            max_bytes=max_bytes, max_connections=max_connections, max_rate=max_rate)
 
     def _banned(self, source: str, username: str, seconds: int) -> None:
         self._metrics.sftp_bans.inc()

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from protocols.envelope import Envelope, IntakeUnavailable
 from protocols.sftp.bans import Bans
+from protocols.sftp.pace import Pace
 from protocols.sftp.tree import INBOX, OUTBOX, RECEIPTS, PathRefused, VPath, is_held, resolve
 from spool.blobs import BlobWriter, PayloadTooLarge, SpoolError, StagedBlob
 
@@ -98,6 +99,7 @@ class Backend:
     max_handles: int = 64
     max_sessions: int = 4
     max_connections: int = 8  #: logged-in connections per partner at once
+    max_rate: int = 0  #: bytes per second per connection, uploads and downloads together (0: no limit)
     #: partner ID → its logged-in connections now (shared by every connection of this door)
     logged_in: dict[str, int] = attrs.field(factory=dict, eq=False)
 
@@ -115,11 +117,14 @@ class DoorSSHServer(asyncssh.SSHServer):
         self.sessions = 0
         self._counted = False
         self._certified = None  # the partner whose CAs may certify this login
+        self.pace: Pace | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Drop a source no active partner allowlists: it never sees a banner."""
         self._conn = conn
         self.host = (conn.get_extra_info("peername") or ("",))[0]
+        if self._backend.max_rate:
+            self.pace = Pace(self._backend.max_rate, time.monotonic)
         if not self._backend.directory().allows_anyone(self.host):
             _log.info("sftp: refused {host}: not in any partner's allowlist", host=self.host)
             conn.abort()
@@ -272,6 +277,11 @@ class DoorSFTPServer(asyncssh.SFTPServer):
     async def _wait(self, d: Deferred) -> Any:
         return await d.asFuture(self._loop)
 
+    async def _paced(self, size: int) -> None:
+        """Hold the connection to ``[sftp] max_rate``, when there is one."""
+        if self._owner.pace is not None and (delay := self._owner.pace.delay(size)):
+            await asyncio.sleep(delay)
+
     def _where(self, path: bytes) -> VPath:
         try:
             return resolve(path)
@@ -337,6 +347,7 @@ class DoorSFTPServer(asyncssh.SFTPServer):
         if offset + len(data) > self._backend.max_bytes:
             upload.failed = f"file too large: this gateway accepts at most {self._backend.max_bytes} bytes"
         else:
+            await self._paced(len(data))
             try:
                 await self._wait(self._backend.run_io(upload.writer.write_at, offset, data))
                 return len(data)
@@ -356,6 +367,7 @@ class DoorSFTPServer(asyncssh.SFTPServer):
             data = file_obj.data[offset:offset + size]
         if data:
             file_obj.ranges[offset] = max(len(data), file_obj.ranges.get(offset, 0))
+            await self._paced(len(data))
         return data
 
     async def close(self, file_obj: object) -> None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import paramiko
 import pytest
@@ -233,6 +234,22 @@ def test_a_source_that_keeps_failing_is_banned_audited_and_counted(home, tmp_pat
         [(details,)] = query(daemon, "SELECT details FROM audit_log WHERE event = 'sftp.banned'")
         assert '"source": "127.0.0.3"' in details and '"seconds": 600' in details
         assert metric(daemon, "postroom_sftp_bans_total") == 1
+    finally:
+        daemon.stop()
+
+
+def test_max_rate_holds_a_connection_to_its_speed(home, tmp_path):
+    """``[sftp] max_rate = 50000``: 150 kB take at least two seconds (three at the rate, less the one-second
+    burst) — a lower bound on the wiring, not a performance figure."""
+    home.config_file.write_text(home.config_file.read_text() + "\n[sftp]\nmax_rate = 50000\n")
+    daemon = Daemon(home).start()
+    try:
+        payload = tmp_path / "slow.bin"
+        payload.write_bytes(b"x" * 150_000)
+        started = time.monotonic()
+        sftp(daemon, f"put {payload} /inbox/\n")  # refused at close (not XML): the transfer is what counts
+        assert time.monotonic() - started >= 2.0
+        assert '"size": 150000' in daemon.log.read_text()
     finally:
         daemon.stop()
 
