@@ -97,8 +97,10 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
     try:
         with staged.path.open("rb") as f:
             head = f.read(4096)
-            # an opaque payload is never read whole: it may be far larger than memory should hold
-            data = head + f.read() if _looks_like_xml(head) or not policy.allow_opaque else None
+            # an opaque payload is never read whole: it may be far larger than memory should hold; one that
+            # must carry an XML-DSig cannot be opaque
+            opaque = policy.allow_opaque and not envelope.require_xmldsig and not _looks_like_xml(head)
+            data = None if opaque else head + f.read()
     except OSError as e:
         raise IntakeUnavailable(f"cannot read the staged payload back: {e}") from e
     try:
@@ -106,7 +108,7 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
             root = xmldoc.parse(data)
             result = xmldoc.verify_signature(
                 root, sender.certificates.get("sign", ()), cas=sender.cas.get("sign", ()),
-                require=policy.require_xmldsig, allow_sha1=policy.allow_sha1, now=now)
+                require=policy.require_xmldsig or envelope.require_xmldsig, allow_sha1=policy.allow_sha1, now=now)
             document = xmldoc.identify(result.signed_xml if result.signed else root)
             if not policy.allow_opaque:
                 xmldoc.require_known(document)

@@ -56,6 +56,8 @@ class Envelope:
         ``signed-receipt-protocol``); every other receipt is signed.
     :ivar receipt_dispatch: where the receipt goes later, when not in the door's answer (an AS2 async
         MDN: ``{"channel": "as2", "url": …, "as2_to": …}``); it is stored ``pending`` and sent with retries.
+    :ivar require_xmldsig: the door did not authenticate the content itself (unsigned mail a partner's
+        policy allows), so the document must carry the partner's XML-DSig whatever the policy says.
     """
 
     sender: Partner
@@ -68,6 +70,7 @@ class Envelope:
     mic_algorithm: str = "sha-256"
     receipt_signed: bool = True
     receipt_dispatch: dict[str, str] | None = attrs.field(default=None, eq=False)
+    require_xmldsig: bool = False
 
 
 @attrs.frozen

@@ -1,0 +1,245 @@
+# -*- test-case-name: tests.protocols.smtp.test_server -*-
+"""The email door's ESMTP adapter on ``twisted.mail``: who may send, to whom, and when a mail is taken.
+
+The allowlist runs before the greeting (:class:`~protocols.listen.AllowlistFactory` wraps the factory).
+Then ``STARTTLS`` is required before ``MAIL FROM`` (530 otherwise); ``MAIL FROM`` must be an address a
+partner registered, sent from that partner's allowlist; ``RCPT TO`` is ``invoices@HOST`` or
+``PARTNER-ID@HOST``; ``SIZE`` is advertised and enforced while DATA arrives, into a spool scratch file.
+
+Two traps of ``twisted.mail`` are closed here (STYLE.md §1.1): it calls ``eomReceived`` once per
+recipient, so every recipient of one transaction shares one :class:`_Transaction` and the mail is
+taken once; and it answers 550 to any failure after DATA, so :meth:`DoorESMTP._messageHandled`
+turns a :class:`Reply` refusal into its own code and anything else (disk full, database down) into
+451 — never 250, never 5xx, for a mail that was not durably taken.
+"""
+
+import re
+from collections.abc import Callable
+from typing import IO, Any
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.mail import smtp
+
+_log = Logger()
+
+MAX_RECIPIENTS = 20
+MAX_LINE = 4096  #: RFC 5321 says 1000 octets; a little slack for careless mailers, never unbounded
+IDLE_TIMEOUT = 300  #: seconds between lines before the connection is closed (RFC 5321 §4.5.3.2 minimums)
+_SIZE = re.compile(rb"(?:^|\s)SIZE=(\d{1,20})(?:\s|$)", re.I)
+
+
+@attrs.frozen
+class Reply:
+    """An SMTP reply: ``code``, enhanced ``status`` (RFC 3463) and a one-line ASCII text."""
+
+    code: int
+    status: str
+    text: str
+
+    def line(self) -> bytes:
+        """The reply's text as sent after the code."""
+        clean = self.text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        return f"{self.status} ".encode("ascii") + clean
+
+
+class Refused(Exception):
+    """The door refuses the mail for the reason in ``reply`` (a 4xx or 5xx :class:`Reply`)."""
+
+    def __init__(self, reply: Reply):
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+@attrs.frozen
+class Received:
+    """One mail as the door took it: the raw message (headers + body, CRLF, dot-unstuffed) and its envelope."""
+
+    file: IO[bytes]
+    size: int
+    envelope_from: str
+    recipients: tuple[str, ...]
+    door_recipient: str | None  #: the partner mailbox the recipient address names, if any
+    source: str
+
+
+@attrs.frozen
+class Backend:
+    """What the door needs from the gateway."""
+
+    hostname: str  #: the domain we accept mail for
+    sender_allowed: Callable[[str, str], Reply | None]  #: ``(address, source) -> None`` or the refusal
+    mailbox: Callable[[str], bool]  #: ``partner_id -> whether it is an active partner``
+    take: Callable[[Received], Deferred]  #: fires with the 250 :class:`Reply`, or fails (:class:`Refused`)
+    scratch: Callable[[], IO[bytes]]  #: a spool temporary file for the message
+    max_bytes: int
+
+
+class _Transaction:
+    """The message of one SMTP transaction, shared by its recipients (``twisted.mail``'s ``IMessage``)."""
+
+    def __init__(self, protocol: "DoorESMTP", envelope_from: str):
+        self._protocol = protocol
+        self.envelope_from = envelope_from
+        self.recipients: list[str] = []
+        self.door_recipient: str | None = None
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._result: Deferred | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        """Append one line, counting it against the size cap."""
+        if self._file is None:
+            self._file = self._protocol.backend.scratch()
+        self._size += len(line) + 2
+        if self._size > self._protocol.backend.max_bytes:
+            raise smtp.SMTPServerError(552, Reply(552, "5.3.4", f"message too big: this gateway accepts at most "
+                                                              f"{self._protocol.backend.max_bytes} bytes").line())
+        self._file.write(line + b"\r\n")
+
+    def eomReceived(self) -> Deferred:
+        """The end of DATA: hand the mail to the gateway."""
+        file, self._file = self._file, None
+        if file is None:
+            file = self._protocol.backend.scratch()
+        file.flush()
+        received = Received(file, self._size, self.envelope_from, tuple(self.recipients), self.door_recipient,
+                            self._protocol.source)
+        return maybeDeferred(self._protocol.backend.take, received).addBoth(self._closed, file)
+
+    @staticmethod
+    def _closed(outcome: Any, file: IO[bytes]) -> Any:
+        file.close()
+        return outcome
+
+    def connectionLost(self) -> None:
+        """The transaction broke off (or DATA was refused): drop what arrived."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _Copy:
+    """What every recipient after the first gets: the lines and the outcome are the first one's."""
+
+    def lineReceived(self, line: bytes) -> None:
+        """Written once, by the transaction."""
+
+    def eomReceived(self) -> Deferred:
+        """Taken once, by the transaction (:meth:`DoorESMTP._messageHandled` reads its outcome only)."""
+        return succeed(None)
+
+    def connectionLost(self) -> None:
+        """The transaction cleans up."""
+
+
+class DoorESMTP(smtp.ESMTP):
+    """One SMTP connection of the email door."""
+
+    MAX_LENGTH = MAX_LINE
+    timeout = IDLE_TIMEOUT
+    noisy = False
+
+    def __init__(self, backend: Backend, tls_creator: Any):
+        super().__init__(chal={}, contextFactory=tls_creator)
+        self.backend = backend
+        self.host = backend.hostname.encode("idna")
+        self.source = ""
+        self._transaction: _Transaction | None = None
+
+    def connectionMade(self) -> None:
+        """Greet (the allowlist has let the source in already)."""
+        self.source = getattr(self.transport.getPeer(), "host", "")
+        super().connectionMade()
+
+    def greeting(self) -> bytes:
+        """No product name or version in the banner."""
+        return self.host + b" ESMTP"
+
+    def extensions(self) -> dict:
+        """STARTTLS until it is done, then SIZE, 8BITMIME and ENHANCEDSTATUSCODES; never AUTH."""
+        ext = {b"SIZE": [str(self.backend.max_bytes).encode()], b"8BITMIME": None, b"ENHANCEDSTATUSCODES": None}
+        if self.canStartTLS and not self.startedTLS:
+            ext[b"STARTTLS"] = None
+        return ext
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        """Start TLS and forget the session so far (RFC 3207 §4.2): the client greets again."""
+        super().ext_STARTTLS(rest)
+        if self.startedTLS:
+            self._helo, self._from, self._to = None, None, []
+
+    def _reply(self, reply: Reply) -> None:
+        self.sendCode(reply.code, reply.line())
+
+    def do_MAIL(self, rest: bytes) -> None:
+        """Only after STARTTLS and a greeting, and never over the declared ``SIZE`` limit."""
+        if not self.startedTLS:
+            self._reply(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
+            return
+        if self._helo is None:
+            self._reply(Reply(503, "5.5.1", "Send EHLO again after STARTTLS"))
+            return
+        declared = _SIZE.search(rest.partition(b">")[2] or b"")
+        if declared and int(declared.group(1)) > self.backend.max_bytes:
+            self._reply(Reply(552, "5.3.4", f"message too big: this gateway accepts at most "
+                                            f"{self.backend.max_bytes} bytes"))
+            return
+        super().do_MAIL(rest)
+
+    def do_RCPT(self, rest: bytes) -> None:
+        """At most :data:`MAX_RECIPIENTS` per transaction."""
+        if self._from and len(self._to) >= MAX_RECIPIENTS:
+            self._reply(Reply(452, "4.5.3", f"too many recipients (at most {MAX_RECIPIENTS} per message)"))
+            return
+        super().do_RCPT(rest)
+
+    def do_HELO(self, rest: bytes) -> None:
+        """Plain HELO cannot STARTTLS: EHLO is required."""
+        self._reply(Reply(502, "5.5.1", "Use EHLO: this server requires STARTTLS"))
+
+    def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
+        """The envelope sender must be an address a partner registered, sent from that partner's allowlist."""
+        address = str(origin)
+        refusal = self.backend.sender_allowed(address, self.source)
+        if refusal is not None:
+            raise smtp.SMTPBadSender(origin, refusal.code, refusal.line().decode("ascii"))
+        self._transaction = _Transaction(self, address)
+        return origin
+
+    def validateTo(self, user: smtp.User) -> Callable[[], _Transaction]:
+        """``invoices@HOST`` or ``PARTNER-ID@HOST``; one partner mailbox per transaction."""
+        local, domain = user.dest.local.decode("utf-8", "replace"), user.dest.domain.decode("utf-8", "replace")
+        if domain.lower() != self.backend.hostname.lower():
+            raise smtp.SMTPBadRcpt(user, 550, Reply(550, "5.1.1", f"no such mailbox here: {local}@{domain}")
+                                   .line().decode("ascii"))
+        transaction = self._transaction
+        mailbox = None if local.lower() == "invoices" else local.lower()
+        if mailbox is not None and not self.backend.mailbox(mailbox):
+            raise smtp.SMTPBadRcpt(user, 550, Reply(550, "5.1.1", f"no such mailbox here: {local}@{domain}")
+                                   .line().decode("ascii"))
+        if mailbox is not None and transaction.door_recipient not in (None, mailbox):
+            raise smtp.SMTPBadRcpt(user, 452, Reply(452, "4.5.3", "one partner mailbox per message; send this "
+                                                                  "recipient in another transaction").line().decode())
+        transaction.door_recipient = transaction.door_recipient or mailbox
+        transaction.recipients.append(f"{local}@{domain}")
+
+        first = not transaction.recipients[:-1]
+        return lambda: transaction if first else _Copy()
+
+    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> None:
+        """No ``Received:`` line: the mail is read as the sender signed it (the source is logged instead)."""
+        return None
+
+    def _messageHandled(self, resultList: list) -> None:
+        """250 only when the mail was taken; a refusal's own code; 451 for anything else."""
+        success, result = resultList[0] if resultList else (False, None)
+        if success:
+            self._reply(result)
+        elif result is not None and result.check(Refused):
+            self._reply(result.value.reply)
+        else:
+            if result is not None:
+                _log.failure("smtp: could not take a mail from {source}", result, source=self.source)
+            self._reply(Reply(451, "4.3.0", "temporary failure, try again later"))
