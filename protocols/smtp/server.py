@@ -89,14 +89,18 @@ class _Transaction:
         self._result: Deferred | None = None
 
     def lineReceived(self, line: bytes) -> None:
-        """Append one line, counting it against the size cap."""
-        if self._file is None:
-            self._file = self._protocol.backend.scratch()
+        """Append one line, counting it against the size cap; a spool fault is a temporary failure."""
         self._size += len(line) + 2
         if self._size > self._protocol.backend.max_bytes:
             raise smtp.SMTPServerError(552, Reply(552, "5.3.4", f"message too big: this gateway accepts at most "
                                                               f"{self._protocol.backend.max_bytes} bytes").line())
-        self._file.write(line + b"\r\n")
+        try:
+            if self._file is None:
+                self._file = self._protocol.backend.scratch()
+            self._file.write(line + b"\r\n")
+        except OSError as e:
+            _log.error("smtp: cannot spool a mail from {source}: {error}", source=self._protocol.source, error=e)
+            raise smtp.SMTPServerError(451, Reply(451, "4.3.0", "temporary failure, try again later").line()) from e
 
     def eomReceived(self) -> Deferred:
         """The end of DATA: hand the mail to the gateway."""

@@ -6,6 +6,7 @@ TLS itself is exercised end to end (tests/e2e/test_smtp_door.py, smtplib with ST
 
 import io
 
+import attrs
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -169,3 +170,16 @@ def test_an_idle_client_is_told_and_dropped():
     assert transport.value() == b"" and not transport.disconnecting
     clock.advance(1)
     assert transport.value().startswith(b"421") and transport.disconnecting
+
+
+def test_a_spool_that_cannot_take_the_lines_is_a_451():
+    gateway = Gateway()
+
+    def broken():
+        raise OSError(28, "No space left on device")
+
+    gateway.backend = attrs.evolve(gateway.backend, scratch=broken)
+    proto, transport = connect(gateway)
+    assert send_mail(proto, transport, [b"Subject: x", b"", b"body"]) == [
+        b"451 4.3.0 temporary failure, try again later"]
+    assert gateway.taken == []
