@@ -75,6 +75,9 @@ def init(c: Context, demo: bool, force: bool, hostname: str, as2_id: str, name: 
 @pass_ctx
 def serve(c: Context) -> None:
     """Run the gateway in the foreground until SIGTERM or SIGINT."""
+    from gateway.reactor import install_reactor
+
+    install_reactor()  # before gateway.app: some of its imports would install the default reactor
     from gateway.app import run
 
     sys.exit(run(c.config))

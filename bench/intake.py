@@ -39,12 +39,12 @@ from sqlalchemy import func, select
 from twisted.internet import defer, task
 
 from admin.initialise import initialise
-from gateway.app import install_reactor
 from gateway.committer import GroupCommitter
 from gateway.config import load
 from gateway.home import Home
 from gateway.intake import Intake
 from gateway.pools import ThreadPoolService
+from gateway.reactor import install_reactor
 from gateway.receipts import ReceiptSigner
 from partners.directory import load_directory
 from protocols.envelope import Envelope
