@@ -20,23 +20,27 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from certs import tls as certs_tls
-from certs.x509 import load_key_and_certificate, read_file
+from certs.errors import CertificateError
+from certs.x509 import load_certificates, load_key_and_certificate, read_file
 from gateway.committer import GroupCommitter
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.database_service import DatabaseService
 from gateway.delivery import DeliveryService
 from gateway.directory_service import DirectoryService
 from gateway.intake import Intake
 from gateway.listeners import Door, ListenerService
+from gateway.mailer import MailCourier, MailIdentity, MailPlanner
 from gateway.metrics import Metrics, operations_root
 from gateway.openapi import PARTNER_DOCUMENT
 from gateway.pools import ThreadPoolService
 from gateway.portal import PortalHome
 from gateway.portal_api import build_api
+from gateway.reactor import install_reactor
 from gateway.receipt_courier import ReceiptCourier
 from gateway.receipts import ReceiptSigner
 from gateway.recovery import RecoveryService
 from gateway.sftp_service import SFTPDoor
+from gateway.smtp_service import SMTPDoor
 from partners.networks import NetworkSet, parse_network
 from protocols.as2.client import Poster
 from protocols.as2.mime import Region
@@ -47,6 +51,10 @@ from protocols.envelope import IntakeUnavailable
 from protocols.listen import AllowlistFactory, with_tls
 from protocols.sftp.bans import BanPolicy
 from protocols.sftp.push import SFTPPush
+from protocols.smtp.push import EmailPush
+from protocols.smtp.push import Signer as MailSigner
+from protocols.smtp.receipts import MailReceipts
+from protocols.smtp.relay import Relay, RelaySettings
 from protocols.upload import api_root, bounded_request
 from spool import records
 from spool.blobs import BlobStore
@@ -55,17 +63,25 @@ from spool.database import check_current, create_engine, reading
 _log = Logger()
 
 
-def install_reactor():
-    """Install Twisted's asyncio reactor on a fresh loop (once), and return the reactor."""
-    if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
+def mail_sender(config: Config) -> str:
+    """The address outbound mail comes from."""
+    return config.smtp_relay.sender or f"invoices@{config.gateway.hostname}"
 
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        asyncioreactor.install(loop)
-    from twisted.internet import reactor
 
-    return reactor
+def relay_settings(config: Config) -> RelaySettings:
+    """``[smtp_relay]`` as relay settings; the password is read from its file now (never kept in the config).
+
+    :raises ConfigError: the password file or the CA file cannot be read.
+    """
+    section, home = config.smtp_relay, config.home
+    try:
+        password = home.resolve(section.password_file).read_text().strip() if section.password_file else ""
+        trust = (tuple(load_certificates(read_file(home.resolve(section.ca_file)), section.ca_file))
+                 if section.ca_file else None)
+    except (OSError, CertificateError) as e:
+        raise ConfigError(f"[smtp_relay]: {e}") from e
+    return RelaySettings(host=section.host, port=section.port, starttls=section.starttls, username=section.username,
+                         password=password, helo=config.gateway.hostname, trust=trust)
 
 
 def _site(root: resource.Resource, max_body: int | None = None, scratch=None) -> server.Site:
@@ -117,17 +133,35 @@ class PostroomService(MultiService):
                         # the gateway logs in to partners' SFTP servers with its own SSH host key (D31)
                         "sftp": SFTPPush(str(home.pki / "ssh_host_ed25519_key"), self._read_payload, self.io.run,
                                          getattr(reactor, "_asyncioEventloop", None) or asyncio.get_event_loop())}
+        relay = Relay(reactor, relay_settings(config)) if config.smtp_relay.host else None
+        if relay is not None:
+            signer = MailSigner(mail_sender(config), config.gateway.hostname, self.signer.key, self.signer.certificate)
+            push_targets["email"] = EmailPush(relay, signer, self._read_payload, self.cpu.run, self._now,
+                                              self.blobs.scratch)
         pushable = frozenset(push_targets)
         self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
                                         self._now, pushable)
         self.recovery.setServiceParent(self)
+        mail_identity = MailIdentity(mail_sender(config), config.gateway.hostname, config.portal.base_url)
+        self.mail = None
+        if relay is not None:
+            self.mail = MailCourier(self.db, reactor, self._now, relay, mail_identity, self.directory.get,
+                                    ready=self.recovery.when_done, max_attempts=config.delivery.max_attempts,
+                                    backoff=config.delivery.backoff)
         self.delivery = DeliveryService(
             self.db, reactor, self._now, self.directory.get, push_targets, ready=self.recovery.when_done,
-            max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=worker)
+            max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=worker,
+            on_filed=MailPlanner(mail_identity, self.directory.get).filed if self.mail is not None else None,
+            after_filing=self.mail.wake if self.mail is not None else lambda: None)
         self.delivery.setServiceParent(self)
+        if self.mail is not None:
+            self.mail.setServiceParent(self)
+        receipt_senders = {"as2": AS2Receipts(poster, self.directory.get, config.gateway.as2_id,
+                                              config.gateway.hostname)}
+        if relay is not None:
+            receipt_senders["email"] = MailReceipts(relay, mail_sender(config), config.gateway.hostname, self._now)
         self.courier = ReceiptCourier(
-            self.db, reactor, self._now,
-            {"as2": AS2Receipts(poster, self.directory.get, config.gateway.as2_id, config.gateway.hostname)},
+            self.db, reactor, self._now, receipt_senders,
             ready=self.recovery.when_done, max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff)
         self.courier.setServiceParent(self)
         self.intake = Intake(self.blobs, self.io.run, self.cpu.run, self.committer.commit, self.directory.get,
@@ -175,12 +209,17 @@ class PostroomService(MultiService):
 
         return d.addCallbacks(counted, unavailable)
 
-    def _as2_settings(self, config: Config) -> AS2Settings:
+    @staticmethod
+    def _decryption_keys(config: Config) -> tuple:
+        """The gateway's decryption key pairs (S/MIME for AS2 and email)."""
         home, ident = config.home, config.identity
         key_path, cert_path = home.resolve(ident.encrypt_private_key), home.resolve(ident.encrypt_certificate)
         decryption = load_key_and_certificate(read_file(key_path), read_file(cert_path), str(key_path), str(cert_path))
+        return ((decryption.key, decryption.certificate),)
+
+    def _as2_settings(self, config: Config) -> AS2Settings:
         return AS2Settings(as2_id=config.gateway.as2_id, hostname=config.gateway.hostname,
-                           recipients=((decryption.key, decryption.certificate),),
+                           recipients=self._decryption_keys(config),
                            max_decompressed=config.limits.max_decompressed_bytes, accept=self._accept,
                            refuse=self._refuse, run_cpu=self.cpu.run, scratch=self.blobs.scratch,
                            receipt_arrived=self.delivery.receipt_arrived)
@@ -236,6 +275,16 @@ class PostroomService(MultiService):
                             BanPolicy(config.sftp.ban_after, config.sftp.ban_window, config.sftp.ban_seconds),
                             config.sftp.max_connections, config.sftp.max_rate)
             doors.append(Door("sftp", config.listen.sftp, None, sftp.listen))
+        if config.listen.smtp:
+            keys = self._decryption_keys(config)
+            smtp = SMTPDoor(
+                hostname=config.gateway.hostname,
+                tls_creator=certs_tls.ServerTLS(certs_tls.server_context(identity, None, b"postroom-smtp")),
+                directory=self.directory.get, accept=self._accept, refuse=self._refuse, run_cpu=self.cpu.run,
+                scratch=self.blobs.scratch, recipients=lambda: keys, now=self._now,
+                max_bytes=2 * config.limits.max_payload_bytes + (1 << 20),  # base64 and MIME around the largest
+                max_decompressed=config.limits.max_decompressed_bytes, mail_receipts=bool(config.smtp_relay.host))
+            doors.append(Door("smtp", config.listen.smtp, self._guard(smtp.factory(), "smtp")))
         if config.listen.metrics:
             site = _site(operations_root(self.metrics, self.directory.health))
             doors.append(Door("metrics", config.listen.metrics, site))

@@ -91,13 +91,18 @@ class DeliverySection:
 
 @attrs.frozen
 class SMTPRelaySection:
-    """Outbound mail relay for receipts and notifications; empty host means no outbound mail."""
+    """Outbound mail relay for receipts and notifications; empty host means no outbound mail.
+
+    ``sender`` is the envelope and ``From:`` address (default ``invoices@<hostname>``); ``ca_file`` adds
+    CA certificates (PEM) to trust for the relay's TLS certificate besides the system's."""
 
     host: str = ""
     port: int = 587
     starttls: bool = True
     username: str = ""
     password_file: str = ""
+    sender: str = ""
+    ca_file: str = ""
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -48,14 +48,21 @@ def thd_claim(engine: Engine, now: datetime, worker: str, limit: int, lease: tim
         return records.claim_due(conn, now, worker, limit, lease)
 
 
-def thd_file_in_mailboxes(engine: Engine, batch: list[Delivery], worker: str, now: datetime) -> int:
-    """File each claimed mailbox delivery and complete it, all in one transaction; how many were filed."""
+def thd_file_in_mailboxes(engine: Engine, batch: list[Delivery], worker: str, now: datetime,
+                          on_filed: Callable[[Connection, str, str, datetime], None] | None = None) -> int:
+    """File each claimed mailbox delivery and complete it, all in one transaction; how many were filed.
+
+    ``on_filed(conn, message_id, recipient_id, now)`` runs in that transaction for each newly filed item
+    (the mail planner queues the recipient's notification there, so it is never lost nor doubled)."""
     filed = 0
     with engine.begin() as conn:
         for delivery in batch:
             # the claim first: a worker whose lease ran out files nothing (the new holder does)
             if records.complete(conn, delivery, worker, now):
-                filed += records.put_in_mailbox(conn, delivery.message_id, delivery.recipient_id, now)
+                new = records.put_in_mailbox(conn, delivery.message_id, delivery.recipient_id, now)
+                filed += new
+                if new and on_filed is not None:
+                    on_filed(conn, delivery.message_id, delivery.recipient_id, now)
                 audit.append(conn, ACTOR, "delivery.done", now, message_id=delivery.message_id, details={
                     "delivery": delivery.id, "target": "mailbox", "recipient": delivery.recipient_id})
         crashpoints.reached("after-deliver")
@@ -140,12 +147,16 @@ class DeliveryService(RoundsService):
                  ready: Callable[[], Deferred] = lambda: succeed(None),
                  max_attempts: int, backoff: float, interval: float = 5.0, batch: int = 64,
                  lease: timedelta = timedelta(minutes=10), worker: str | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None,
+                 on_filed: Callable[[Connection, str, str, datetime], None] | None = None,
+                 after_filing: Callable[[], None] = lambda: None):
         super().__init__(clock, interval, ready, now=now, max_attempts=max_attempts, backoff=backoff, rng=rng)
         self.worker = worker or socket.gethostname()
         self._db = db
         self._directory = directory
         self._targets = dict(targets)
+        self._on_filed = on_filed
+        self._after_filing = after_filing
         self._batch = batch
         self._lease = lease
 
@@ -156,8 +167,8 @@ class DeliveryService(RoundsService):
                 return
             crashpoints.reached("after-claim")
             local = [d for d in claimed if d.target == "mailbox"]
-            if local:
-                await self._db.run(thd_file_in_mailboxes, local, self.worker, self._now())
+            if local and await self._db.run(thd_file_in_mailboxes, local, self.worker, self._now(), self._on_filed):
+                self._after_filing()
             for delivery in claimed:
                 if delivery.target != "mailbox":
                     await self._push(delivery)

@@ -43,9 +43,10 @@ def thd_record(engine: Engine, receipt: StoredReceipt, now: datetime, error: str
     with engine.begin() as conn:
         records.receipt_sent(conn, receipt, now, error, retry_at)
         event = "receipt.sent" if error is None else ("receipt.retrying" if retry_at else "receipt.failed")
+        dispatch = receipt.dispatch or {}
         audit.append(conn, ACTOR, event, now, message_id=receipt.message_id, details={
             "receipt": receipt.id, "partner": receipt.partner_id, "kind": receipt.kind,
-            "to": (receipt.dispatch or {}).get("url"), "attempt": receipt.attempts + 1, "error": error})
+            "to": dispatch.get("url") or dispatch.get("to"), "attempt": receipt.attempts + 1, "error": error})
 
 
 class ReceiptCourier(RoundsService):

@@ -165,3 +165,19 @@ api_tokens = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime()),
 )
+
+
+#: Invitations to the portal for a recipient's registered address. The one-time token is made when the
+#: mail goes out and only its SHA-256 is kept, with its expiry; ``used_at`` is set when it is redeemed.
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("partner_id", ForeignKey("partners.id", **_partner_fk), nullable=False, index=True),
+    Column("email", String(320), nullable=False),
+    Column("token_sha256", String(64), unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime()),
+    Column("used_at", UTCDateTime()),
+    UniqueConstraint("partner_id", "email"),
+)

@@ -23,7 +23,7 @@ import attrs
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
-from spool.schema import deliveries, mailbox_items, messages, quarantine, receipts
+from spool.schema import deliveries, mailbox_items, messages, outgoing_mail, quarantine, receipts
 
 
 class RecordError(Exception):
@@ -534,24 +534,42 @@ def insert_receipt(conn: Connection, receipt: StoredReceipt) -> None:
     conn.execute(_INSERT_RECEIPT, attrs.asdict(receipt))
 
 
-def due_receipts(conn: Connection, now: datetime, limit: int, lease: timedelta) -> list[StoredReceipt]:
-    """Claim up to ``limit`` pending receipts that have somewhere to go and are due.
+def _claim_due(conn: Connection, table: Any, now: datetime, limit: int, lease: timedelta, *where: Any) -> list[str]:
+    """Claim up to ``limit`` due ``pending`` rows of ``table``; their IDs.
 
     The claim is a lease: ``next_attempt_at`` moves ``lease`` ahead, one conditional ``UPDATE`` per
-    receipt, so two nodes never send the same receipt at once and a dead node's claim runs out.
+    row, so two nodes never send the same thing at once and a dead node's claim runs out.
     """
-    query = (select(receipts.c.id, receipts.c.next_attempt_at)
-             .where(receipts.c.state == "pending", receipts.c.dispatch.is_not(None),
-                    or_(receipts.c.next_attempt_at.is_(None), receipts.c.next_attempt_at <= now))
-             .order_by(receipts.c.next_attempt_at, receipts.c.id).limit(limit))
+    at = table.c.next_attempt_at
+    query = (select(table.c.id, at).where(table.c.state == "pending", or_(at.is_(None), at <= now), *where)
+             .order_by(at, table.c.id).limit(limit))
     claimed = []
-    for receipt_id, due_at in conn.execute(query).all():
-        at = receipts.c.next_attempt_at
-        won = conn.execute(update(receipts).where(
-            receipts.c.id == receipt_id, receipts.c.state == "pending",
+    for row_id, due_at in conn.execute(query).all():
+        won = conn.execute(update(table).where(
+            table.c.id == row_id, table.c.state == "pending",
             at.is_(None) if due_at is None else at == due_at).values(next_attempt_at=now + lease))
         if won.rowcount == 1:
-            claimed.append(receipt_id)
+            claimed.append(row_id)
+    return claimed
+
+
+def _attempted(conn: Connection, table: Any, row_id: str, attempts: int, error: str | None,
+               retry_at: datetime | None) -> None:
+    """Record one attempt: ``sent``, due again at ``retry_at``, or ``failed`` when that is None."""
+    values: dict[str, Any] = {"attempts": attempts + 1, "last_error": error[:2000] if error else None}
+    if error is None:
+        values["state"] = "sent"
+    elif retry_at is not None:
+        values["next_attempt_at"] = retry_at
+    else:
+        values["state"] = "failed"
+    conn.execute(update(table).where(table.c.id == row_id, table.c.state == "pending").values(**values))
+
+
+def due_receipts(conn: Connection, now: datetime, limit: int, lease: timedelta) -> list[StoredReceipt]:
+    """Claim up to ``limit`` pending receipts that have somewhere to go and are due (a lease, see
+    :func:`_claim_due`)."""
+    claimed = _claim_due(conn, receipts, now, limit, lease, receipts.c.dispatch.is_not(None))
     rows = conn.execute(select(receipts).where(receipts.c.id.in_(claimed)).order_by(receipts.c.id)) if claimed else []
     return [StoredReceipt.from_row(r) for r in rows]
 
@@ -559,14 +577,7 @@ def due_receipts(conn: Connection, now: datetime, limit: int, lease: timedelta) 
 def receipt_sent(conn: Connection, receipt: StoredReceipt, now: datetime, error: str | None,
                  retry_at: datetime | None) -> None:
     """Record one attempt to send a receipt: ``sent``, due again at ``retry_at``, or ``failed`` when that is None."""
-    values: dict[str, Any] = {"attempts": receipt.attempts + 1, "last_error": error[:2000] if error else None}
-    if error is None:
-        values["state"] = "sent"
-    elif retry_at is not None:
-        values["next_attempt_at"] = retry_at
-    else:
-        values["state"] = "failed"
-    conn.execute(update(receipts).where(receipts.c.id == receipt.id, receipts.c.state == "pending").values(**values))
+    _attempted(conn, receipts, receipt.id, receipt.attempts, error, retry_at)
 
 
 def redispatch(conn: Connection, receipt: StoredReceipt, dispatch: dict[str, str]) -> StoredReceipt:
@@ -587,3 +598,49 @@ def receipts_for(conn: Connection, message_id: str, kinds: Sequence[str] = ("acc
     rows = conn.execute(select(receipts).where(receipts.c.message_id == message_id, receipts.c.kind.in_(kinds))
                         .order_by(receipts.c.created_at, receipts.c.id))
     return [StoredReceipt.from_row(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outgoing mail
+# ---------------------------------------------------------------------------------------------------------------
+
+@attrs.frozen
+class OutgoingMail:
+    """A mail the gateway sends on its own: a ``notification`` (composed ``body``) or an ``invitation``
+    (composed when sent, with a fresh token)."""
+
+    id: str
+    kind: str
+    partner_id: str
+    recipients: list[str]
+    created_at: datetime
+    state: str = "pending"
+    body: bytes | None = None
+    message_id: str | None = None
+    invitation_id: str | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "OutgoingMail":
+        """Build from an ``outgoing_mail`` row."""
+        return cls(**{f.name: getattr(row, f.name) for f in attrs.fields(cls)})
+
+
+def queue_mail(conn: Connection, mail: OutgoingMail) -> None:
+    """Queue a mail; it is sent by the mail courier once the transaction commits."""
+    conn.execute(insert(outgoing_mail).values(**attrs.asdict(mail)))
+
+
+def due_mail(conn: Connection, now: datetime, limit: int, lease: timedelta) -> list[OutgoingMail]:
+    """Claim up to ``limit`` due pending mails (a lease, see :func:`_claim_due`)."""
+    claimed = _claim_due(conn, outgoing_mail, now, limit, lease)
+    rows = (conn.execute(select(outgoing_mail).where(outgoing_mail.c.id.in_(claimed)).order_by(outgoing_mail.c.id))
+            if claimed else [])
+    return [OutgoingMail.from_row(r) for r in rows]
+
+
+def mail_sent(conn: Connection, mail: OutgoingMail, error: str | None, retry_at: datetime | None) -> None:
+    """Record one attempt to send a mail: ``sent``, due again at ``retry_at``, or ``failed`` when that is None."""
+    _attempted(conn, outgoing_mail, mail.id, mail.attempts, error, retry_at)

@@ -155,6 +155,29 @@ receipts = Table(
     CheckConstraint("state IN ('sent', 'pending', 'failed')", name="state"),
 )
 
+#: Mail the gateway sends on its own (receipts travel with ``receipts.dispatch``): ``notification`` (a
+#: document landed in a mailbox; composed when queued) and ``invitation`` (composed, with a fresh one-time
+#: token, at each attempt — so ``body`` is empty and no usable token is ever stored).
+outgoing_mail = Table(
+    "outgoing_mail",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("partner_id", String(63), nullable=False, index=True),
+    Column("message_id", ForeignKey("messages.id", ondelete="CASCADE"), index=True),
+    Column("invitation_id", String(32)),
+    Column("recipients", JSON, nullable=False),
+    Column("body", LargeBinary),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime()),
+    Column("last_error", Text),
+    Index("ix_outgoing_mail_due", "state", "next_attempt_at"),
+    CheckConstraint("kind IN ('notification', 'invitation')", name="kind"),
+    CheckConstraint("state IN ('pending', 'sent', 'failed')", name="state"),
+)
+
 #: Append-only and hash-chained: each row's ``hash`` covers its own fields and the previous row's hash.
 audit_log = Table(
     "audit_log",

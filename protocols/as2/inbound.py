@@ -95,6 +95,9 @@ class Unwrapped:
     compressed: bool
     cipher: str | None = None
     signature_digest: str | None = None
+    #: the innermost entity's MIME headers (a multipart payload's boundary is here; its transfer encoding
+    #: is already undone in ``payload``)
+    headers: Headers = attrs.field(factory=Headers)
 
 
 @attrs.frozen
@@ -296,4 +299,4 @@ def _finish(entity: Entity, state: _Peeled, security: Security, mic_digest: str)
                          "this one was not.", mic)
     return Unwrapped(payload=payload, content_type=entity.content_type.mime_type, filename=entity.filename(),
                      mic=mic, signed=state.signed, encrypted=state.encrypted, compressed=state.compressed,
-                     cipher=state.cipher, signature_digest=state.signature_digest)
+                     cipher=state.cipher, signature_digest=state.signature_digest, headers=entity.headers)

@@ -25,7 +25,7 @@ async def test_service_listens_on_ephemeral_ports_and_stops_cleanly(demo_home):
             await deferLater(reactor, 0.01, lambda: None)
         recorded = json.loads(demo_home.ports_file.read_text())
         assert failures == []
-        assert set(recorded) == {"as2", "portal", "sftp", "metrics"}
+        assert set(recorded) == {"as2", "portal", "sftp", "smtp", "metrics"}
         assert recorded == {name: port.getHost().port for name, port in service.listeners.ports.items()}
         assert all(port > 0 for port in recorded.values())
         assert service.directory.current.get("acme") is not None
