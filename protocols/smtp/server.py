@@ -28,6 +28,7 @@ MAX_RECIPIENTS = 20
 MAX_LINE = 4096  #: RFC 5321 says 1000 octets; a little slack for careless mailers, never unbounded
 IDLE_TIMEOUT = 300  #: seconds between lines before the connection is closed (RFC 5321 §4.5.3.2 minimums)
 _SIZE = re.compile(rb"(?:^|\s)SIZE=(\d{1,20})(?:\s|$)", re.I)
+_ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
 @attrs.frozen
@@ -156,10 +157,28 @@ class DoorESMTP(smtp.ESMTP):
         """Greet (the allowlist has let the source in already)."""
         self.source = getattr(self.transport.getPeer(), "host", "")
         super().connectionMade()
+        self._plain_reply = False
 
     def greeting(self) -> bytes:
         """No product name or version in the banner."""
         return self.host + b" ESMTP"
+
+    def sendCode(self, code: int, message: bytes = b"") -> None:
+        """Every 2xx/4xx/5xx reply but the greeting and EHLO's carries an enhanced status code, as
+        advertised (RFC 2034 §4); ``twisted.mail``'s own replies get the class's generic one."""
+        if code // 100 in (2, 4, 5) and not self._plain_reply and not _ENHANCED.match(message):
+            message = f"{code // 100}.0.0 ".encode() + message
+        super().sendCode(code, message)
+
+    _plain_reply = True  # until the greeting is out
+
+    def do_EHLO(self, rest: bytes) -> None:
+        """Greet; the reply lists extensions, without an enhanced code."""
+        self._plain_reply = True
+        try:
+            super().do_EHLO(rest)
+        finally:
+            self._plain_reply = False
 
     def extensions(self) -> dict:
         """STARTTLS until it is done, then SIZE, 8BITMIME and ENHANCEDSTATUSCODES; never AUTH."""
@@ -202,6 +221,14 @@ class DoorESMTP(smtp.ESMTP):
     def do_HELO(self, rest: bytes) -> None:
         """Plain HELO cannot STARTTLS: EHLO is required."""
         self._reply(Reply(502, "5.5.1", "Use EHLO: this server requires STARTTLS"))
+
+    def do_NOOP(self, rest: bytes) -> None:
+        """RFC 5321 §4.1.1.9 (``twisted.mail`` has none)."""
+        self._reply(Reply(250, "2.0.0", "OK"))
+
+    def do_VRFY(self, rest: bytes) -> None:
+        """Required by RFC 5321 §3.5.2, and never telling which mailboxes exist."""
+        self._reply(Reply(252, "2.5.0", "Cannot VRFY; send some mail and the reply will say"))
 
     def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
         """The envelope sender must be an address a partner registered, sent from that partner's allowlist."""

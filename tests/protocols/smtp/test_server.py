@@ -183,3 +183,14 @@ def test_a_spool_that_cannot_take_the_lines_is_a_451():
     assert send_mail(proto, transport, [b"Subject: x", b"", b"body"]) == [
         b"451 4.3.0 temporary failure, try again later"]
     assert gateway.taken == []
+
+
+def test_every_reply_after_the_greeting_but_ehlo_carries_an_enhanced_status_code():
+    """ENHANCEDSTATUSCODES is advertised, so twisted.mail's own replies get one too (RFC 2034 §4)."""
+    proto, transport = connect(Gateway())
+    assert b"2.0.0" not in transport.value()  # the greeting
+    assert all(b" 2." not in line for line in say(proto, transport, b"EHLO c"))
+    replies = say(proto, transport, b"MAIL FROM:<ap@acme.example>", b"RCPT TO:<invoices@gw.example>", b"RSET",
+                  b"RCPT TO:<invoices@gw.example>", b"NOOP", b"QUIT")
+    assert [r[:9] for r in replies] == [b"250 2.0.0", b"250 2.0.0", b"250 2.0.0", b"503 5.0.0", b"250 2.0.0",
+                                        b"221 2.0.0"]
