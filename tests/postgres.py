@@ -73,6 +73,11 @@ class ThrowawayPostgres:
         self._run(_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
+    def sql(self, statement: str) -> None:
+        """Run one statement as the superuser (e.g. to take a database away from its clients)."""
+        self._run(_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                  "-v", "ON_ERROR_STOP=1", "-c", statement)
+
     def stop(self) -> None:
         """Fast shutdown through pg_ctl (signals to ``runuser`` are not passed on), then wait."""
         if self.process and self.process.poll() is None:

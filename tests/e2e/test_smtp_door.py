@@ -20,7 +20,8 @@ import pytest
 
 from certs.devca import key_pem
 from certs.x509 import to_pem
-from tests.e2e.daemon import Daemon
+from gateway.home import Home
+from tests.e2e.daemon import POSTROOM, Daemon
 from tests.e2e.https import BASE_EXAMPLE, query
 from tests.e2e.test_mtls_door import restrict, wait_until
 from tests.protocols.smtp.test_relay import Recorder, relay_server
@@ -243,3 +244,27 @@ def test_a_partner_that_asked_for_email_gets_the_document_signed_and_encrypted(r
     assert attachment.get_filename() == "inv.xml"
     assert attachment.get_content() == BASE_EXAMPLE.read_bytes()
     wait_until(lambda: query(daemon, "SELECT state FROM deliveries WHERE target = 'email'") == [("done",)])
+
+
+def test_a_database_outage_answers_451_and_the_same_mail_is_taken_afterwards(postgres_server, tmp_path):
+    """On PostgreSQL, with the gateway's database refusing connections: 451 4.3.0 (never 250, never 5xx),
+    nothing stored; once it is back, the very same mail is accepted."""
+    url = postgres_server.new_database("e2e_smtp")
+    home = Home(tmp_path / "home")
+    subprocess.run([POSTROOM, "--home", str(home.path), "init", "--demo", "--ephemeral-ports", "--database-url", url],
+                   check=True, capture_output=True)
+    daemon = Daemon(home).start()
+    try:
+        message = signed(daemon, mail_with([("i.xml", BASE_EXAMPLE.read_bytes())]), tmp_path)
+        postgres_server.sql("ALTER DATABASE e2e_smtp ALLOW_CONNECTIONS false")
+        postgres_server.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'e2e_smtp'")
+        try:
+            code, text = send(daemon, message)
+        finally:
+            postgres_server.sql("ALTER DATABASE e2e_smtp ALLOW_CONNECTIONS true")
+        assert (code, text[:5]) == (451, "4.3.0")
+        assert '"channel": "email"' not in daemon.cli("message", "list", "--json").stdout
+        wait_until(lambda: send(daemon, message) == (250, ""))
+        assert daemon.cli("message", "list", "--json").stdout.count('"channel": "email"') == 1
+    finally:
+        daemon.stop()
