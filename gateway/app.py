@@ -165,7 +165,7 @@ class PostroomService(MultiService):
             ready=self.recovery.when_done, max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff)
         self.courier.setServiceParent(self)
         self.intake = Intake(self.blobs, self.io.run, self.cpu.run, self.committer.commit, self.directory.get,
-                             self.signer, self._now, on_accepted=self.delivery.wake, pushable=pushable)
+                             self.signer, self._now, on_accepted=self.delivery.wake_soon, pushable=pushable)
         self.listeners = ListenerService(
             reactor, self._doors(config, reactor, identity), home.ports_file, self.recovery.when_done, on_fatal
         )

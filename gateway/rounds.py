@@ -35,8 +35,10 @@ class RoundsService(Service):
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._clock = clock
         self._loop = LoopingCall(self.wake)
         self._loop.clock = clock
+        self._soon = None
         self._interval = interval
         self._ready = ready
         self._running: Deferred | None = None
@@ -57,6 +59,9 @@ class RoundsService(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         self._again = False
         return self._running if self._running is not None else succeed(None)
 
@@ -70,6 +75,16 @@ class RoundsService(Service):
         self._running = Deferred.fromCoroutine(self._round())
         self._running.addErrback(lambda f: self._log.failure("{name} round failed", f, name=self.name))
         self._running.addBoth(self._finished)
+
+    def wake_soon(self, delay: float = 0.05) -> None:
+        """Run a round ``delay`` seconds from now, and let the wakes in between join it: a stream of
+        single messages is then handled in batches (one claim and one filing per batch), not one each."""
+        if self.running and self._soon is None:
+            self._soon = self._clock.callLater(delay, self._woken)
+
+    def _woken(self) -> None:
+        self._soon = None
+        self.wake()
 
     def _finished(self, _) -> None:
         self._running = None

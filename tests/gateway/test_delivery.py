@@ -467,3 +467,28 @@ def test_retry_delay_grows_then_stays_capped():
     late = [retry_delay(n, 60, random.Random(n)) for n in range(10, 40)]
     assert all(MAX_DELAY / 2 <= d <= MAX_DELAY for d in late)
     assert len(set(late)) > 1  # jitter: a burst of failures does not come back in lockstep
+
+
+@pytest_twisted.ensureDeferred
+async def test_wakes_close_together_are_gathered_into_one_round(make_service, engine, clock):
+    """``wake_soon`` three times within the delay: one round after it, delivering all three messages."""
+    target = HeldTarget()
+    service = make_service({"as2": target})
+    service.startService()  # the first round finds nothing
+    messages = [accept(engine, INITECH, number=f"INV-{n}") for n in (1, 2, 3)]
+    for _ in messages:
+        service.wake_soon(0.05)
+    clock.advance(0.04)
+    assert target.held == []
+    pushed = target.called()
+    clock.advance(0.01)
+    assert await pushed == messages[0].id
+    assert len(target.held) == 1  # the three are in one round: its pushes go one after another
+    for n in range(3):
+        if n:
+            pushed = target.called()
+            target.held[n - 1].callback(None)
+            assert await pushed == messages[n].id
+    target.held[2].callback(None)
+    await service.stopService()
+    assert [state(engine, m) for m in messages] == ["delivered"] * 3
