@@ -32,6 +32,7 @@ from spool.database import reading
 from spool.records import Delivery, Message
 
 ACTOR = "gateway"
+_log = Logger()
 
 
 class PushTarget(Protocol):
@@ -61,12 +62,24 @@ def thd_file_in_mailboxes(engine: Engine, batch: list[Delivery], worker: str, no
             if records.complete(conn, delivery, worker, now):
                 new = records.put_in_mailbox(conn, delivery.message_id, delivery.recipient_id, now)
                 filed += new
-                if new and on_filed is not None:
-                    on_filed(conn, delivery.message_id, delivery.recipient_id, now)
                 audit.append(conn, ACTOR, "delivery.done", now, message_id=delivery.message_id, details={
                     "delivery": delivery.id, "target": "mailbox", "recipient": delivery.recipient_id})
+                if new and on_filed is not None:
+                    _notify(conn, on_filed, delivery, now)
         crashpoints.reached("after-deliver")
     return filed
+
+
+def _notify(conn: Connection, on_filed: Callable, delivery: Delivery, now: datetime) -> None:
+    """Run ``on_filed`` in a savepoint: a mail that cannot be composed must never undo or block the filing."""
+    try:
+        with conn.begin_nested():
+            on_filed(conn, delivery.message_id, delivery.recipient_id, now)
+    except Exception as e:
+        _log.warn("cannot queue the mail about message {id} for {recipient}: {error}", id=delivery.message_id,
+                  recipient=delivery.recipient_id, error=e)
+        audit.append(conn, ACTOR, "mail.failed", now, message_id=delivery.message_id, details={
+            "kind": "notification", "partner": delivery.recipient_id, "error": str(e)[:500]})
 
 
 def thd_record_push(engine: Engine, delivery: Delivery, worker: str, now: datetime, error: str | None,

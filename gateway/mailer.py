@@ -99,14 +99,15 @@ def thd_record(engine: Engine, mail: OutgoingMail, now: datetime, error: str | N
 
 
 class MailCourier(RoundsService):
-    """Sends queued mail through the relay."""
+    """Sends queued mail through the relay: a few at a time, so the lease outlasts a batch even when every
+    mail waits out the relay's timeouts (4 x 90 s < 10 min)."""
 
     name = "mail"
 
     def __init__(self, db: DatabaseService, clock, now: Callable[[], datetime], relay: Relay, identity: MailIdentity,
                  directory: Callable[[], PartnerDirectory], *, ready: Callable[[], Deferred] = lambda: succeed(None),
-                 max_attempts: int, backoff: float, interval: float = 5.0, batch: int = 32,
-                 lease: timedelta = timedelta(minutes=5), rng: random.Random | None = None):
+                 max_attempts: int, backoff: float, interval: float = 5.0, batch: int = 4,
+                 lease: timedelta = timedelta(minutes=10), rng: random.Random | None = None):
         super().__init__(clock, interval, ready, now=now, max_attempts=max_attempts, backoff=backoff, rng=rng)
         self._db = db
         self._relay = relay

@@ -62,10 +62,8 @@ class SMTPDoor:
 
     def _sender_allowed(self, address: str, source: str) -> Reply | None:
         partner = self._directory().by_email(address)
-        if partner is None:
-            return Reply(550, "5.7.1", f"sender address {address} is not registered with this gateway")
-        if not partner.allows(source):
-            return Reply(550, "5.7.1", f"{source} is not an allowed address for partner {partner.id}")
+        if partner is None or not partner.allows(source):  # one answer: no hint which addresses exist
+            return Reply(550, "5.7.1", f"sender address {address} is not registered here for mail from {source}")
         return None
 
     def _mailbox(self, partner_id: str) -> bool:

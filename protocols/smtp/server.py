@@ -25,6 +25,9 @@ from twisted.mail import smtp
 _log = Logger()
 
 MAX_RECIPIENTS = 20
+MAX_ERRORS = 20  #: 4xx/5xx replies before the connection is closed (Postfix: smtpd_hard_error_limit)
+MAX_JUNK = 100  #: NOOP, VRFY, RSET and EHLO before the connection is closed (Postfix: smtpd_junk_command_limit)
+MAX_REPLY = 400  #: characters of reply text (RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets)
 MAX_LINE = 4096  #: RFC 5321 says 1000 octets; a little slack for careless mailers, never unbounded
 IDLE_TIMEOUT = 300  #: seconds between lines before the connection is closed (RFC 5321 §4.5.3.2 minimums)
 _SIZE = re.compile(rb"(?:^|\s)SIZE=(\d{1,20})(?:\s|$)", re.I)
@@ -41,7 +44,7 @@ class Reply:
 
     def line(self) -> bytes:
         """The reply's text as sent after the code."""
-        clean = self.text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        clean = self.text[:MAX_REPLY].encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
         return f"{self.status} ".encode("ascii") + clean
 
 
@@ -104,11 +107,20 @@ class _Transaction:
             raise smtp.SMTPServerError(451, Reply(451, "4.3.0", "temporary failure, try again later").line()) from e
 
     def eomReceived(self) -> Deferred:
-        """The end of DATA: hand the mail to the gateway."""
+        """The end of DATA: hand the mail to the gateway (a spool fault here is a failure, so a 451)."""
+        self._protocol.hold()
+        return maybeDeferred(self._take)
+
+    def _take(self) -> Deferred:
         file, self._file = self._file, None
-        if file is None:
-            file = self._protocol.backend.scratch()
-        file.flush()
+        try:
+            if file is None:
+                file = self._protocol.backend.scratch()
+            file.flush()
+        except BaseException:
+            if file is not None:
+                file.close()
+            raise
         received = Received(file, self._size, self.envelope_from, tuple(self.recipients), self.door_recipient,
                             self._protocol.source)
         return maybeDeferred(self._protocol.backend.take, received).addBoth(self._closed, file)
@@ -152,6 +164,10 @@ class DoorESMTP(smtp.ESMTP):
         self.host = backend.hostname.encode("idna")
         self.source = ""
         self._transaction: _Transaction | None = None
+        self._held = False  # a mail is being taken: no command is read until its reply is out
+        self._tls_begun = False  # STARTTLS accepted: what the client sent after it in the clear is dropped
+        self._errors = 0
+        self._junk = 0
 
     def connectionMade(self) -> None:
         """Greet (the allowlist has let the source in already)."""
@@ -165,15 +181,77 @@ class DoorESMTP(smtp.ESMTP):
 
     def sendCode(self, code: int, message: bytes = b"") -> None:
         """Every 2xx/4xx/5xx reply but the greeting and EHLO's carries an enhanced status code, as
-        advertised (RFC 2034 §4); ``twisted.mail``'s own replies get the class's generic one."""
+        advertised (RFC 2034 §4); ``twisted.mail``'s own replies get the class's generic one. A client
+        that keeps failing is told so and dropped."""
         if code // 100 in (2, 4, 5) and not self._plain_reply and not _ENHANCED.match(message):
             message = f"{code // 100}.0.0 ".encode() + message
         super().sendCode(code, message)
+        if code >= 400 and code != 421:
+            self._errors += 1
+            if self._errors >= MAX_ERRORS:
+                self._close(Reply(421, "4.7.0", "too many errors; closing the connection"))
+
+    def _close(self, reply: Reply) -> None:
+        self.sendCode(reply.code, reply.line())
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Lines one by one, like ``LineOnlyReceiver``, except: nothing sent in the clear after STARTTLS is
+        read (RFC 3207 §4.2: it could be an attacker's), and nothing after the end of DATA until that mail's
+        reply is out (a pipelined QUIT must not be answered first)."""
+        self._buffer += data
+        while not self._held and not self.transport.disconnecting:
+            line, found, rest = self._buffer.partition(self.delimiter)
+            if not found:
+                break
+            self._buffer = rest
+            if len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line)
+                return
+            self.lineReceived(line)
+            if self._tls_begun:
+                self._tls_begun, self._buffer = False, b""
+                return
+        if len(self._buffer) > self.MAX_LENGTH and not self._held:
+            self.lineLengthExceeded(self._buffer)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line longer than :data:`MAX_LINE` ends the connection: reading on could take a body for commands."""
+        self._close(Reply(500, "5.5.2", f"line too long (at most {MAX_LINE} bytes); closing the connection"))
+
+    def hold(self) -> None:
+        """Stop reading commands (and the idle clock) while a mail is taken."""
+        self._held = True
+        self.setTimeout(None)
+        self.transport.pauseProducing()
+
+    def _release(self) -> None:
+        self._held = False
+        self.setTimeout(self.timeout)
+        self.transport.resumeProducing()
+        if self._buffer and not self.transport.disconnecting:
+            self.dataReceived(b"")
+
+    def _junk_command(self) -> bool:
+        """Count a command that moves no mail; True (and the connection closing) past :data:`MAX_JUNK`."""
+        self._junk += 1
+        if self._junk > MAX_JUNK:
+            self._close(Reply(421, "4.7.0", "too many commands without mail; closing the connection"))
+            return True
+        return False
+
+    def do_RSET(self, rest: bytes) -> None:
+        """Forget the transaction (counted: it moves no mail)."""
+        if not self._junk_command():
+            super().do_RSET(rest)
 
     _plain_reply = True  # until the greeting is out
 
     def do_EHLO(self, rest: bytes) -> None:
         """Greet; the reply lists extensions, without an enhanced code."""
+        if self._junk_command():
+            return
         self._plain_reply = True
         try:
             super().do_EHLO(rest)
@@ -192,6 +270,7 @@ class DoorESMTP(smtp.ESMTP):
         super().ext_STARTTLS(rest)
         if self.startedTLS:
             self._helo, self._from, self._to = None, None, []
+            self._tls_begun = True
 
     def _reply(self, reply: Reply) -> None:
         self.sendCode(reply.code, reply.line())
@@ -224,18 +303,20 @@ class DoorESMTP(smtp.ESMTP):
 
     def do_NOOP(self, rest: bytes) -> None:
         """RFC 5321 §4.1.1.9 (``twisted.mail`` has none)."""
-        self._reply(Reply(250, "2.0.0", "OK"))
+        if not self._junk_command():
+            self._reply(Reply(250, "2.0.0", "OK"))
 
     def do_VRFY(self, rest: bytes) -> None:
         """Required by RFC 5321 §3.5.2, and never telling which mailboxes exist."""
-        self._reply(Reply(252, "2.5.0", "Cannot VRFY; send some mail and the reply will say"))
+        if not self._junk_command():
+            self._reply(Reply(252, "2.5.0", "Cannot VRFY; send some mail and the reply will say"))
 
     def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
         """The envelope sender must be an address a partner registered, sent from that partner's allowlist."""
         address = str(origin)
         refusal = self.backend.sender_allowed(address, self.source)
         if refusal is not None:
-            raise smtp.SMTPBadSender(origin, refusal.code, refusal.line().decode("ascii"))
+            raise smtp.SMTPServerError(refusal.code, refusal.line().decode("ascii"))
         self._transaction = _Transaction(self, address)
         return origin
 
@@ -264,8 +345,8 @@ class DoorESMTP(smtp.ESMTP):
         return None
 
     def _messageHandled(self, resultList: list) -> None:
-        """250 only when the mail was taken; a refusal's own code; 451 for anything else."""
-        success, result = resultList[0] if resultList else (False, None)
+        """250 only when the mail was taken; a refusal's own code; 451 for anything else. Then read on."""
+        success, result = resultList[0] if isinstance(resultList, list) and resultList else (False, None)
         if success:
             self._reply(result)
         elif result is not None and result.check(Refused):
@@ -274,3 +355,4 @@ class DoorESMTP(smtp.ESMTP):
             if result is not None:
                 _log.failure("smtp: could not take a mail from {source}", result, source=self.source)
             self._reply(Reply(451, "4.3.0", "temporary failure, try again later"))
+        self._release()

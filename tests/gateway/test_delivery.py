@@ -198,6 +198,28 @@ async def test_mailbox_deliveries_are_filed_once_and_the_message_is_delivered(ma
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_notification_that_cannot_be_queued_never_undoes_the_filing(db, clock, now, engine):
+    """``on_filed`` raising for one message (say, an address the mailer cannot use): every message is filed
+    and delivered all the same, what the hook wrote for it is rolled back alone, and the failure is audited."""
+    msgs = [accept(engine, GLOBEX, number=f"INV-{i}") for i in range(2)]
+    queued = []
+
+    def on_filed(conn, message_id, recipient_id, at):
+        queued.append(message_id)
+        if message_id == msgs[0].id:
+            audit.append(conn, "test", "half.written", at, message_id=message_id)
+            raise ValueError("not one plain mailbox")
+
+    service = DeliveryService(db, clock, now, lambda: DIRECTORY, {}, max_attempts=3, backoff=BACKOFF,
+                              interval=INTERVAL, worker="node-1", on_filed=on_filed)
+    await run_round(service)
+    assert sorted(queued) == sorted(m.id for m in msgs)
+    assert [state(engine, m) for m in msgs] == ["delivered", "delivered"]
+    assert [e for e, _ in events(engine, msgs[0])] == ["delivery.done", "mail.failed"]
+    assert [e for e, _ in events(engine, msgs[1])] == ["delivery.done"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_repeated_mailbox_delivery_is_completed_without_a_second_item(make_service, engine):
     """An attempt repeated after its item was filed (say, by a node that lost its claim) files nothing new."""
     msg = accept(engine, GLOBEX)

@@ -9,10 +9,22 @@ import io
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
-from protocols.smtp.server import IDLE_TIMEOUT, MAX_RECIPIENTS, Backend, DoorESMTP, Refused, Reply
+from protocols.smtp.server import (
+    IDLE_TIMEOUT,
+    MAX_ERRORS,
+    MAX_JUNK,
+    MAX_LINE,
+    MAX_RECIPIENTS,
+    Backend,
+    DoorESMTP,
+    Refused,
+    Reply,
+)
 
 ACCEPTED = Reply(250, "2.6.0", "accepted 1 invoice(s)")
 
@@ -194,3 +206,75 @@ def test_every_reply_after_the_greeting_but_ehlo_carries_an_enhanced_status_code
                   b"RCPT TO:<invoices@gw.example>", b"NOOP", b"QUIT")
     assert [r[:9] for r in replies] == [b"250 2.0.0", b"250 2.0.0", b"250 2.0.0", b"503 5.0.0", b"250 2.0.0",
                                         b"221 2.0.0"]
+
+
+@implementer(ITLSTransport)
+class _TLSCapable(StringTransport):
+    """A transport that can STARTTLS (it only records it)."""
+
+    tls = None
+
+    def startTLS(self, contextFactory, normal=True):
+        self.tls = contextFactory
+
+
+def test_commands_sent_in_the_clear_after_starttls_are_dropped():
+    """RFC 3207 §4.2: ``STARTTLS`` then ``EHLO``/``MAIL`` in the same packet — an attacker's injection — are
+    never read; the client must greet again inside TLS."""
+    gateway = Gateway()
+    proto = DoorESMTP(gateway.backend, tls_creator=object())
+    proto.callLater = Clock().callLater
+    transport = _TLSCapable(peerAddress=_Peer("192.0.2.7"))
+    proto.makeConnection(transport)
+    say(proto, transport, b"EHLO c")
+    transport.clear()
+    proto.dataReceived(b"STARTTLS\r\nEHLO evil\r\nMAIL FROM:<ap@acme.example>\r\nRCPT TO:<glo")
+    assert transport.value() == b"220 2.0.0 Begin TLS negotiation now\r\n" and transport.tls is not None
+    assert say(proto, transport, b"MAIL FROM:<ap@acme.example>")[-1].startswith(b"503 5.5.1")  # EHLO first
+    assert say(proto, transport, b"EHLO c")[0].startswith(b"250")
+
+
+def test_a_line_too_long_closes_the_connection_in_commands_and_in_data():
+    for before in ([], [b"EHLO c", b"MAIL FROM:<ap@acme.example>", b"RCPT TO:<invoices@gw.example>", b"DATA"]):
+        gateway = Gateway()
+        proto, transport = connect(gateway)
+        say(proto, transport, *before)
+        transport.clear()
+        proto.dataReceived(b"x" * (MAX_LINE + 1))  # not even a complete line
+        assert transport.value().startswith(b"500 5.5.2 line too long") and transport.disconnecting
+        assert gateway.taken == []
+
+
+def test_commands_pipelined_after_the_end_of_data_wait_for_its_reply():
+    """``.`` then ``QUIT`` in one packet: the mail's 451 (or 250) comes first, then 221."""
+    decision = Deferred()
+    proto, transport = connect(Gateway(answer=lambda r: decision))
+    say(proto, transport, b"EHLO c", b"MAIL FROM:<ap@acme.example>", b"RCPT TO:<invoices@gw.example>", b"DATA")
+    transport.clear()
+    proto.dataReceived(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    assert transport.value() == b"" and not transport.disconnecting
+    decision.errback(OSError(5, "I/O error"))
+    assert transport.value().splitlines() == [b"451 4.3.0 temporary failure, try again later",
+                                              b"221 2.0.0 See you later"]
+
+
+def test_a_client_that_keeps_failing_or_idling_with_junk_is_dropped():
+    proto, transport = connect(Gateway(), tls=False)
+    replies = say(proto, transport, b"EHLO c", *[b"MAIL FROM:<ap@acme.example>"] * MAX_ERRORS)
+    assert replies[-1].startswith(b"421 4.7.0 too many errors") and transport.disconnecting
+    proto, transport = connect(Gateway())
+    replies = say(proto, transport, *[b"NOOP"] * MAX_JUNK, b"VRFY x")
+    assert replies[-1].startswith(b"421 4.7.0 too many commands") and transport.disconnecting
+
+
+def test_a_spool_fault_when_data_ends_is_a_451_not_a_dropped_connection():
+    class Unflushable(_KeepOnClose):
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+    gateway = Gateway()
+    gateway.backend = attrs.evolve(gateway.backend, scratch=Unflushable)
+    proto, transport = connect(gateway)
+    assert send_mail(proto, transport, [b"Subject: x", b"", b"body"]) == [
+        b"451 4.3.0 temporary failure, try again later"]
+    assert not transport.disconnecting
