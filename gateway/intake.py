@@ -128,7 +128,7 @@ def thd_examine(staged: StagedBlob, envelope: Envelope, directory: PartnerDirect
     if document is not None and document.known:
         facts = {name: getattr(document, name) for name in (
             "number", "issue_date", "type_code", "currency", "supplier_id", "customer_id", "supplier_name",
-            "customer_name")}
+            "customer_name", "amount")}
     message = Message(
         id=records.new_id(now), received_at=now, sender_id=sender.id, recipient_id=decision.recipient.id,
         channel=envelope.channel, sha256=staged.sha256, size=staged.size, kind=kind, signed=signed,

@@ -57,7 +57,7 @@ class MailPlanner:
         body = compose.notification_mail(
             sender=self._identity.sender, to=list(recipient.emails), partner_name=recipient.name,
             from_partner=sender.name if sender is not None else message.sender_id, invoice_number=message.number,
-            amount=None, currency=message.currency, message_id_domain=self._identity.domain, now=now,
+            amount=message.amount, currency=message.currency, message_id_domain=self._identity.domain, now=now,
             portal_url=f"{self._identity.portal_url.rstrip('/')}/invoices/{message.id}")
         records.queue_mail(conn, OutgoingMail(id=records.new_id(now), kind="notification", partner_id=recipient_id,
                                               recipients=list(recipient.emails), created_at=now, body=body,

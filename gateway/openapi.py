@@ -50,6 +50,7 @@ _INVOICE = {
         "issue_date": _OPTIONAL_TEXT,
         "type_code": _OPTIONAL_TEXT,
         "currency": _OPTIONAL_TEXT,
+        "amount": _OPTIONAL_TEXT,
         "supplier_id": _OPTIONAL_TEXT,
         "customer_id": _OPTIONAL_TEXT,
         "supplier_name": _OPTIONAL_TEXT,

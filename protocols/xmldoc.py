@@ -76,6 +76,7 @@ GW_SIG_UNTRUSTED = "GW-SIG-UNTRUSTED"  #: a valid signature, but not by a certif
 GW_SIG_ALGORITHM = "GW-SIG-ALGORITHM"  #: an algorithm or transform outside the whitelist
 GW_SIG_LOCATION = "GW-SIG-LOCATION"  #: signature in the wrong place, several signatures, or not over the whole document
 
+_AMOUNT = re.compile(r"-?\d{1,18}(\.\d{1,6})?")
 MAX_BYTES = 20 * 1024 * 1024  #: base64 attachments make real invoices reach megabytes
 MAX_DEPTH = 64  #: UBL with a XAdES signature is about 16 deep; libxml2 itself stops at 256
 
@@ -304,6 +305,8 @@ class Document:
     customer_name: str | None = None
     supplier_id: str | None = None
     customer_id: str | None = None
+    #: the amount due (BT-115) as written, when it is a plain decimal number
+    amount: str | None = None
 
     @property
     def known(self) -> bool:
@@ -333,6 +336,11 @@ def _participant(root: etree._Element, path: str) -> str | None:
         return participant_id(f"{scheme}:{value}")
     except InvalidValueError:
         return None
+
+
+def _decimal(value: str | None) -> str | None:
+    """A plain decimal amount (``1234.50``, ``-10``), or ``None``."""
+    return value if value is not None and _AMOUNT.fullmatch(value) else None
 
 
 def _iso_date(value: str | None, fmt: str = "%Y-%m-%d") -> str | None:
@@ -380,6 +388,8 @@ def identify(root: etree._Element) -> Document:
             customer_name=_text(root, f"{agreement}/ram:BuyerTradeParty/ram:Name"),
             supplier_id=_participant(root, f"{agreement}/ram:SellerTradeParty/ram:URIUniversalCommunication/ram:URIID"),
             customer_id=_participant(root, f"{agreement}/ram:BuyerTradeParty/ram:URIUniversalCommunication/ram:URIID"),
+            amount=_decimal(_text(root, "rsm:SupplyChainTradeTransaction/ram:ApplicableHeaderTradeSettlement/"
+                                        "ram:SpecifiedTradeSettlementHeaderMonetarySummation/ram:DuePayableAmount")),
         )
     supplier, customer = "cac:AccountingSupplierParty/cac:Party", "cac:AccountingCustomerParty/cac:Party"
 
@@ -400,6 +410,7 @@ def identify(root: etree._Element) -> Document:
         customer_name=name(customer),
         supplier_id=_participant(root, f"{supplier}/cbc:EndpointID"),
         customer_id=_participant(root, f"{customer}/cbc:EndpointID"),
+        amount=_decimal(_text(root, "cac:LegalMonetaryTotal/cbc:PayableAmount")),
     )
 
 

@@ -74,6 +74,7 @@ class Message:
     customer_id: str | None = None
     supplier_name: str | None = None
     customer_name: str | None = None
+    amount: str | None = None  #: the amount due, as the document wrote it, in ``currency``
 
     @classmethod
     def from_row(cls, row: Row) -> "Message":

@@ -49,6 +49,7 @@ messages = Table(
     Column("issue_date", String(10)),
     Column("type_code", String(16)),
     Column("currency", String(3)),
+    Column("amount", String(40)),
     Column("supplier_id", String(512)),
     Column("customer_id", String(512)),
     Column("supplier_name", String(500)),

@@ -211,6 +211,7 @@ def test_the_recipient_is_notified_and_invited_once_through_the_relay(relayed, t
     notes = [m["content"] for m in to_globex() if b"Subject: New invoice" in m["content"]]
     [invitation] = [m["content"] for m in to_globex() if b"register?token=" in m["content"]]
     assert len(notes) == 2 and all(b"ACME Corporation" in n and b"/invoices/" in n for n in notes)
+    assert all(b"Amount: 1656.25 EUR" in n for n in notes)  # BT-115 and the currency, from the invoice
     assert any(b"INV-1" in n for n in notes) and not any(b"<Invoice" in n or b"base64" in n for n in notes)
     text = email.message_from_bytes(invitation, policy=email.policy.default).get_content()
     token = text.split("register?token=")[1].split()[0]

@@ -285,8 +285,25 @@ def test_identify_real_samples(name):
 def attrsdict(document: xmldoc.Document) -> dict:
     """The document's fields without the root tag."""
     fields = {a.name: getattr(document, a.name) for a in xmldoc.Document.__attrs_attrs__}
-    del fields["root_tag"]
+    del fields["root_tag"], fields["amount"]  # amounts: test_the_amount_due_is_read_as_written
     return fields
+
+
+@pytest.mark.parametrize(("name", "amount"), [
+    ("peppol-bis3/base-example.xml", "1656.25"),  # cac:LegalMonetaryTotal/cbc:PayableAmount
+    ("en16931/cii/CII_example1.xml", "250.33"),  # ram:DuePayableAmount
+    ("en16931/cii/CII_example3.xml", "1125"),
+    ("oasis-ubl21/UBL-CreditNote-2.1-Example.xml", "729"),
+])
+def test_the_amount_due_is_read_as_written(name, amount):
+    """BT-115 as the document writes it; an amount that is not a plain decimal is not shown at all."""
+    assert identify(parse(read(name))).amount == amount
+
+
+def test_an_amount_that_is_not_a_plain_decimal_is_dropped():
+    data = read("peppol-bis3/base-example.xml").replace(b">1656.25</cbc:PayableAmount>",
+                                                        b">1,656.25 EUR</cbc:PayableAmount>")
+    assert identify(parse(data)).amount is None
 
 
 def test_every_fixture_is_covered():
