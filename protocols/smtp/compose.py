@@ -57,7 +57,7 @@ def receipt_mail(receipt: ReceiptEntity, *, sender: str, to: str, subject: str, 
         raise ComposeError("the receipt's Content-Type contains a line break")
     _check_mailable(receipt.body, "the receipt")
     head = _head(sender=sender, to=[to], subject=subject, now=now, message_id_domain=message_id_domain,
-                 in_reply_to=in_reply_to)
+                 in_reply_to=in_reply_to, auto="auto-replied")
     return _header_bytes(head) + f"Content-Type: {receipt.content_type}\r\n\r\n".encode("ascii") + receipt.body
 
 
@@ -155,7 +155,7 @@ def _link(url: str, what: str) -> str:
 
 
 def _head(*, sender: str, to: Sequence[str], subject: str, now: datetime, message_id_domain: str,
-          in_reply_to: str | None = None) -> EmailMessage:
+          in_reply_to: str | None = None, auto: str = "auto-generated") -> EmailMessage:
     """The top-level headers every mail carries (no content headers yet)."""
     if not _DOMAIN.fullmatch(message_id_domain):
         raise ComposeError(f"the Message-ID domain {message_id_domain!r} is not a host name")
@@ -171,6 +171,7 @@ def _head(*, sender: str, to: Sequence[str], subject: str, now: datetime, messag
     reference = reference if reference.startswith("<") else f"<{reference}>"
     if _MESSAGE_ID.fullmatch(reference):
         head["In-Reply-To"] = head["References"] = reference
+    head["Auto-Submitted"] = auto  # RFC 3834: autoresponders must not answer this
     head["MIME-Version"] = "1.0"
     return head
 

@@ -2,7 +2,9 @@
 """The receipt courier's ``email`` sender: the stored signed receipt, byte for byte, mailed to the sender.
 
 A mailed invoice's receipt (``dispatch = {"channel": "email", "to": …, "in_reply_to": …}``) goes to the
-envelope sender of the mail it answers, threaded under it, through the configured relay.
+envelope sender of the mail it answers, threaded under it, through the configured relay, with the null
+reverse-path (RFC 8098 §3) and ``Auto-Submitted: auto-replied`` (RFC 3834), so no autoresponder or
+bounce can start a loop with the door.
 """
 
 from collections.abc import Callable
@@ -35,4 +37,4 @@ class MailReceipts:
             ReceiptEntity(receipt.content_type, receipt.body), sender=self._sender, to=dispatch["to"],
             subject=_SUBJECTS.get(receipt.kind, "Receipt"), in_reply_to=f"<{in_reply_to}>" if in_reply_to else None,
             now=self._now(), message_id_domain=self._domain)
-        return self._relay.send(self._sender, [dispatch["to"]], message)
+        return self._relay.send("", [dispatch["to"]], message)  # null reverse-path: nothing answers a receipt

@@ -103,6 +103,8 @@ class Relay:
 
     def send(self, sender: str, recipients: Sequence[str], message: bytes | Region) -> Deferred:
         """Submit ``message`` (RFC 5322 bytes, CRLF line ends; a region is streamed) for ``recipients``.
+        ``sender`` may be ``""``: the null reverse-path (``MAIL FROM:<>``) of receipts, which must never
+        cause a reply of their own.
 
         Fires with the relay's final reply (``250 …``) once the connection is closed, or fails with
         :class:`RelayRefused`.
@@ -113,7 +115,7 @@ class Relay:
         name = self._settings.name
         if not recipients:
             raise RelayRefused(f"{name}: the message has no recipients", permanent=True)
-        for address in (sender, *recipients):
+        for address in ((sender,) if sender else ()) + tuple(recipients):
             if not _ADDRESS.fullmatch(address):
                 raise RelayRefused(f"{name}: {address!r} is not an address Postroom sends with (plain ASCII "
                                    f"local@domain, no display name or brackets)", permanent=True)

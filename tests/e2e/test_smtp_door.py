@@ -184,7 +184,8 @@ def test_the_receipt_of_a_mailed_invoice_is_mailed_back_signed_through_the_relay
     assert send(daemon, message) == (250, "")
     wait_until(lambda: any(m["to"] == [ACME] for m in recorder.received))
     [mail] = [m for m in recorder.received if m["to"] == [ACME]]
-    assert (mail["from"], mail["to"], mail["tls"]) == ("invoices@localhost", [ACME], True)
+    assert (mail["from"], mail["to"], mail["tls"]) == ("<>", [ACME], True)  # MAIL FROM:<>, the null reverse-path
+    assert b"Auto-Submitted: auto-replied" in mail["content"] and b"From: invoices@localhost" in mail["content"]
     assert b"In-Reply-To: <inv-42@acme.example>" in mail["content"]
     (tmp_path / "receipt.eml").write_bytes(mail["content"])
     verify = subprocess.run(["openssl", "cms", "-verify", "-inform", "SMIME", "-in", str(tmp_path / "receipt.eml"),
