@@ -164,9 +164,12 @@ class OpenSSH(Server):
         return self.process.pid
 
     def received(self) -> list[int]:
-        """Sizes of the files in the inbox, which is then emptied (outside any timing)."""
+        """Sizes of the files in the inbox, which is then moved aside, not deleted: Postroom keeps what it
+        receives too, and in a VM writing into just-freed page cache costs a fraction of writing into new pages."""
         sizes = [p.stat().st_size for p in self.inbox.iterdir()]
-        shutil.rmtree(self.inbox)
+        kept = self.folder / "kept"
+        kept.mkdir(exist_ok=True)
+        self.inbox.rename(kept / str(len(list(kept.iterdir()))))
         self.inbox.mkdir()
         return sizes
 
@@ -177,19 +180,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU used by ``pid`` and its reaped children: sshd's sessions are children of the listener."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU used by ``pid`` and its reaped children: sshd's sessions are children of the listener."""
+    fields = [int(v) / os.sysconf("SC_CLK_TCK") for v in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+              .split()[11:15]]
+    return fields[0] + fields[2], fields[1] + fields[3]
 
 
 def settle(server: Server) -> None:
     """Flush the page cache and wait until the server is idle, so no run pays for the previous one's tail."""
     os.sync()
-    last = cpu_seconds(server.pid())
+    last = sum(cpu_seconds(server.pid()))
     for _ in range(50):
         time.sleep(0.2)
-        now = cpu_seconds(server.pid())
+        now = sum(cpu_seconds(server.pid()))
         if now - last < 0.01:
             return
         last = now
@@ -308,7 +312,8 @@ def run(server: Server, client: str, files: list[Path], key: Path, work: Path, f
     except (OSError, RuntimeError, paramiko.SSHException) as e:
         took, record["error"] = None, str(e)[-300:]
     settle(server)
-    record["server_cpu_s"] = round(cpu_seconds(server.pid()) - cpu, 3)
+    user, system = (b - a for a, b in zip(cpu, cpu_seconds(server.pid()), strict=True))
+    record["server_cpu_s"], record["server_sys_s"] = round(user + system, 3), round(system, 3)
     if isinstance(server, Postroom):
         after = server.counts()
         record["accepted"], record["refused"] = after[0] - before[0], after[1] - before[1]
@@ -321,6 +326,14 @@ def run(server: Server, client: str, files: list[Path], key: Path, work: Path, f
         record["mb_per_s"] = round(record["bytes"] / MB / took, 1)
         record["files_per_s"] = round(len(files) / took, 1)
     return record
+
+
+def progress(record: dict, measure: str, unit: str) -> None:
+    """One line per run as it ends; an invalid run says why (it is left out of the medians)."""
+    counts = f"{record.get('accepted')} accepted, {record.get('refused')} refused"
+    why = "" if record["valid"] else f"  INVALID: {record.get('error') or counts}"
+    print(f"  {record['test']:5} round {record['round']} {record['client']:8} {record['server']:10} "
+          f"{record.get(measure)} {unit}{why}", flush=True)
 
 
 def variants(servers: tuple[Postroom, OpenSSH]) -> list[tuple[Server, str, bool]]:
@@ -337,7 +350,7 @@ def big_rounds(servers, key: Path, big: Path, work: Path, rounds: int) -> list[d
         for server, client, fsync in variants(servers):
             relabel(big, f"round {r} {client} {server.name} {fsync}")
             out.append({"test": "big", "round": r, **run(server, client, [big], key, work, fsync)})
-            print(f"  big   round {r} {client:8} {out[-1]['server']:10} {out[-1].get('mb_per_s')} MB/s", flush=True)
+            progress(out[-1], "mb_per_s", "MB/s")
     return out
 
 
@@ -348,8 +361,7 @@ def small_rounds(servers, key: Path, batches: dict, work: Path, rounds: int) -> 
         for server, client, fsync in variants(servers):
             files = batches[r, client]
             out.append({"test": "small", "round": r, **run(server, client, files, key, work, fsync)})
-            print(f"  small round {r} {client:8} {out[-1]['server']:10} {out[-1].get('files_per_s')} files/s",
-                  flush=True)
+            progress(out[-1], "files_per_s", "files/s")
     return out
 
 
@@ -435,7 +447,7 @@ def environment() -> dict:
     model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
             "python": platform.python_version(), "asyncssh": asyncssh.__version__, "paramiko": paramiko.__version__,
-            "openssh": (ssh.stderr or ssh.stdout).strip(), "commit": git[0][0], "modified": git[1]}
+            "openssh": (ssh.stderr or ssh.stdout).strip(), "commit": " ".join(git[0]) or None, "modified": git[1]}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -488,8 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {**environment(), "filesystem": filesystem(Path(args.tmp))[0], "load_before": load_before,
                     "load_after": os.getloadavg()},
         "parameters": {"rounds": args.rounds, "big_mb": args.big_mb, "files": args.files,
-                       "invoice_bytes": invoice_bytes,
-                       "gigabyte": args.gigabyte, "ciphers": negotiated},
+                       "invoice_bytes": invoice_bytes, "gigabyte": args.gigabyte, "ciphers": negotiated},
         "big": medians([r for r in runs if r["test"] == "big"], "mb_per_s"),
         "small": medians([r for r in runs if r["test"] == "small"], "files_per_s"),
         "gigabyte": giga, "runs": runs, "wall_seconds": round(time.monotonic() - began),
