@@ -22,16 +22,19 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
 from protocols.as2.mime import Region, Scratch
 from protocols.envelope import Decision, Envelope
 from protocols.findings import Finding
+from protocols.listen import PerSourceLimit
 from protocols.smtp import mail as reader
 from protocols.smtp.server import Backend, DoorESMTP, Received, Refused, Reply
 
 _log = Logger()
+
+PER_SOURCE = 20  #: SMTP connections one source address may hold open at once
 
 
 class SMTPDoor:
@@ -54,11 +57,12 @@ class SMTPDoor:
                                take=lambda received: Deferred.fromCoroutine(self._take(received)),
                                scratch=scratch, max_bytes=max_bytes)
 
-    def factory(self) -> ServerFactory:
-        """The factory to wrap with the allowlist guard and listen with."""
+    def factory(self) -> Factory:
+        """The factory to wrap with the allowlist guard and listen with: at most :data:`PER_SOURCE`
+        connections from one address at once."""
         factory = ServerFactory()
         factory.protocol = lambda: DoorESMTP(self.backend, self._tls_creator)
-        return factory
+        return PerSourceLimit(factory, PER_SOURCE, "smtp")
 
     def _sender_allowed(self, address: str, source: str) -> Reply | None:
         partner = self._directory().by_email(address)

@@ -11,6 +11,7 @@ from typing import Callable
 from twisted.internet.interfaces import IAddress, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 Allowed = Callable[[str], bool]
@@ -66,3 +67,39 @@ class AllowlistFactory(Factory):
 def with_tls(creator: IOpenSSLServerConnectionCreator, factory: Factory) -> TLSMemoryBIOFactory:
     """Serve ``factory`` over TLS made by ``creator`` (see :mod:`certs.tls`)."""
     return TLSMemoryBIOFactory(creator, False, factory)
+
+
+class PerSourceLimit(WrappingFactory):
+    """At most ``limit`` connections from one source address at once; more are closed unanswered.
+
+    For a door whose protocol holds a connection open on its own terms (SMTP: a line every few minutes
+    keeps it alive), so one allowlisted host cannot take every connection the process can hold.
+    """
+
+    _log = Logger()
+
+    def __init__(self, wrapped: Factory, limit: int, door: str):
+        super().__init__(wrapped)
+        self.limit = limit
+        self.door = door
+        self._open: dict[str, int] = {}
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """None (the connection closes at once) when ``addr``'s host has ``limit`` open already."""
+        host = getattr(addr, "host", "")
+        if self._open.get(host, 0) >= self.limit:
+            self._log.info("{door}: refused connection from {host}: {limit} open already", door=self.door,
+                           host=host, limit=self.limit)
+            return None
+        self._open[host] = self._open.get(host, 0) + 1
+        return super().buildProtocol(addr)
+
+    def unregisterProtocol(self, p: Protocol) -> None:
+        """A connection closed: count it out."""
+        super().unregisterProtocol(p)
+        host = getattr(p.getPeer(), "host", "")
+        left = self._open.get(host, 1) - 1
+        if left:
+            self._open[host] = left
+        else:
+            self._open.pop(host, None)

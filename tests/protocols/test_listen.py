@@ -1,11 +1,12 @@
-"""Tests for :mod:`protocols.listen`: strangers get no protocol, hence not a single byte."""
+"""Tests for :mod:`protocols.listen`: strangers get no protocol, hence not a single byte; nor does a
+source past its connection limit."""
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
 from partners.networks import NetworkSet, parse_network
-from protocols.listen import AllowlistFactory
+from protocols.listen import AllowlistFactory, PerSourceLimit
 
 
 class Greeter(Protocol):
@@ -69,3 +70,17 @@ def test_start_and_stop_reach_the_wrapped_factory():
     factory.doStart()
     factory.doStop()
     assert (factory.wrapped.started, factory.wrapped.stopped) == (1, 1)
+
+
+def test_a_source_may_hold_only_its_limit_of_connections_at_once():
+    """The third connection from 192.0.2.7 gets no protocol (closed unanswered); another host is not
+    affected; once one closes, the next is let in."""
+    limited = PerSourceLimit(Factory.forProtocol(Protocol), 2, "smtp")
+    limited.doStart()
+    first, second = (limited.buildProtocol(IPv4Address("TCP", "192.0.2.7", p)) for p in (1, 2))
+    assert limited.buildProtocol(IPv4Address("TCP", "192.0.2.7", 3)) is None
+    assert limited.buildProtocol(IPv4Address("TCP", "192.0.2.8", 1)) is not None
+    first.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 1)))
+    first.connectionLost(None)
+    assert limited.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4)) is not None
+    assert second is not None
