@@ -95,7 +95,7 @@ def invitation_mail(*, sender: str, to: str, partner_name: str, link: str, expir
 def document_mail(payload: Region, *, filename: str, content_type: str, sender: str, to: str, subject: str,
                   options: SendOptions, our_key: PrivateKey, our_cert: Certificate,
                   their_encrypt_cert: Certificate | None, now: datetime, message_id_domain: str,
-                  scratch: Scratch = memory_scratch) -> Region:
+                  scratch: Scratch = memory_scratch, message_id: str | None = None) -> Region:
     """The document attached to a short note, S/MIME signed by the gateway, then encrypted to
     ``their_encrypt_cert`` when given; written to a ``scratch()`` file.
 
@@ -104,7 +104,8 @@ def document_mail(payload: Region, *, filename: str, content_type: str, sender: 
     in a signed-only mail; ``authEnveloped-data`` names an AES-GCM envelope (RFC 8551), which older clients
     cannot open: AES-256-CBC, the default, is what every S/MIME client reads.
     """
-    head = _head(sender=sender, to=[to], subject=subject, now=now, message_id_domain=message_id_domain)
+    head = _head(sender=sender, to=[to], subject=subject, now=now, message_id_domain=message_id_domain,
+                 message_id=message_id)
     encrypt = their_encrypt_cert is not None
     name = _one_line(filename.replace("\\", "/").rsplit("/", 1)[-1]) or "document"
     note = [f"Attached: {name}", "", "This mail is signed (S/MIME) by the Postroom gateway that sent it"
@@ -155,7 +156,8 @@ def _link(url: str, what: str) -> str:
 
 
 def _head(*, sender: str, to: Sequence[str], subject: str, now: datetime, message_id_domain: str,
-          in_reply_to: str | None = None, auto: str = "auto-generated") -> EmailMessage:
+          in_reply_to: str | None = None, auto: str = "auto-generated", message_id: str | None = None
+          ) -> EmailMessage:
     """The top-level headers every mail carries (no content headers yet)."""
     if not _DOMAIN.fullmatch(message_id_domain):
         raise ComposeError(f"the Message-ID domain {message_id_domain!r} is not a host name")
@@ -166,7 +168,9 @@ def _head(*, sender: str, to: Sequence[str], subject: str, now: datetime, messag
     head["To"] = [_mailbox(address, "recipient") for address in to]
     head["Subject"] = _one_line(subject)
     head["Date"] = email.utils.format_datetime(now)
-    head["Message-ID"] = new_message_id(message_id_domain)
+    if message_id is not None and not _MESSAGE_ID.fullmatch(message_id):
+        raise ComposeError(f"{message_id!r} is not a Message-ID")
+    head["Message-ID"] = message_id or new_message_id(message_id_domain)
     reference = (in_reply_to or "").strip()
     reference = reference if reference.startswith("<") else f"<{reference}>"
     if _MESSAGE_ID.fullmatch(reference):

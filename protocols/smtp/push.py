@@ -4,7 +4,8 @@ the partner's registered encryption certificate when it has one, submitted throu
 
 The relay taking the mail (``250`` after DATA) is the delivery; a 5xx for the message or its recipient
 is permanent (the delivery is dead-lettered with the relay's words), anything else is retried by the
-delivery queue. The mail goes to the partner's first registered address.
+delivery queue, under the same ``Message-ID`` (made from the message's ID), so a receiver can tell a
+retry from a new document. The mail goes to the partner's first registered address.
 """
 
 from collections.abc import Callable
@@ -55,12 +56,14 @@ class EmailPush:
         encrypt = recipient.certificates.get("encrypt", ())
         payload = await self._read_payload(message)
         what = f"Invoice {message.number}" if message.number else "Document"
+        mail_id = f"<{message.id}@{self._signer.domain}>"
         mail = await self._run_cpu(partial(
             compose.document_mail, payload, filename=message.filename or f"{message.id}.xml",
             content_type=message.content_type or "application/xml", sender=self._signer.sender, to=to,
             subject=f"{what} from {message.sender_id} (Postroom {message.id})", options=SendOptions(),
             our_key=self._signer.key, our_cert=self._signer.certificate,
             their_encrypt_cert=encrypt[0] if encrypt else None, now=self._now(),
-            message_id_domain=self._signer.domain, scratch=self._scratch))
+            message_id_domain=self._signer.domain, scratch=self._scratch,
+            message_id=mail_id))
         reply = await self._relay.send(self._signer.sender, [to], mail)
-        return Pushed(remote_id=message.id, mic=None, detail=f"mailed to {to}: {reply}")
+        return Pushed(remote_id=mail_id, mic=None, detail=f"mailed to {to}: {reply}")

@@ -232,6 +232,8 @@ def test_a_partner_that_asked_for_email_gets_the_document_signed_and_encrypted(r
     wait_until(lambda: any(b"application/pkcs7-mime" in m["content"] for m in recorder.received))
     [pushed] = [m for m in recorder.received if b"application/pkcs7-mime" in m["content"]]
     assert pushed["to"] == ["ap@globex.example"]
+    [(message_id,)] = query(daemon, "SELECT message_id FROM deliveries WHERE target = 'email'")
+    assert f"Message-ID: <{message_id}@localhost>".encode() in pushed["content"]  # the same on every retry
     (tmp_path / "pushed.eml").write_bytes(pushed["content"])
     globex = daemon.home.demo / "globex"
     openssl = ["openssl", "cms"]
