@@ -63,8 +63,8 @@ class MailPlanner:
                                               recipients=list(recipient.emails), created_at=now, body=body,
                                               message_id=message_id))
         for email in recipient.emails:
-            invitation_id = records.new_id(now)
-            if invitations.invite(conn, invitation_id, recipient_id, email, now):
+            invitation_id = invitations.invite(conn, records.new_id(now), recipient_id, email, now)
+            if invitation_id is not None:
                 records.queue_mail(conn, OutgoingMail(
                     id=records.new_id(now), kind="invitation", partner_id=recipient_id, recipients=[email.lower()],
                     created_at=now, invitation_id=invitation_id))

@@ -24,15 +24,26 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def invite(conn: Connection, invitation_id: str, partner_id: str, email: str, now: datetime) -> bool:
-    """Record an invitation for ``email`` unless that address of ``partner_id`` has one; True when new."""
-    exists = conn.scalar(select(invitations.c.id).where(invitations.c.partner_id == partner_id,
-                                                        invitations.c.email == email.lower()))
-    if exists is not None:
-        return False
-    conn.execute(insert(invitations).values(id=invitation_id, partner_id=partner_id, email=email.lower(),
-                                            created_at=now))
-    return True
+def invite(conn: Connection, invitation_id: str, partner_id: str, email: str, now: datetime) -> str | None:
+    """The invitation to mail to ``email`` of ``partner_id`` now, or ``None`` when it has a live one.
+
+    A new address gets ``invitation_id``. An earlier invitation counts as dead — and is renewed under its
+    own ID — once it expired unused, or when its mail never went out within :data:`LIFETIME` (the relay
+    refused it for good); a redeemed one is never renewed.
+    """
+    row = conn.execute(select(invitations).where(invitations.c.partner_id == partner_id,
+                                                 invitations.c.email == email.lower())).first()
+    if row is None:
+        conn.execute(insert(invitations).values(id=invitation_id, partner_id=partner_id, email=email.lower(),
+                                                created_at=now))
+        return invitation_id
+    dead = row.used_at is None and (row.expires_at < now if row.expires_at is not None
+                                    else row.created_at < now - LIFETIME)
+    if not dead:
+        return None
+    conn.execute(update(invitations).where(invitations.c.id == row.id)
+                 .values(created_at=now, token_sha256=None, expires_at=None))
+    return row.id
 
 
 def issue_token(conn: Connection, invitation_id: str, now: datetime, lifetime: timedelta = LIFETIME) -> str:

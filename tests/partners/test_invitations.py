@@ -23,8 +23,8 @@ def db(engine):
 
 def test_an_address_is_invited_once_whatever_its_case(db):
     with db.begin() as conn:
-        assert invitations.invite(conn, "i1", "globex", "AP@globex.example", T0)
-        assert not invitations.invite(conn, "i2", "globex", "ap@GLOBEX.example".lower(), T0)
+        assert invitations.invite(conn, "i1", "globex", "AP@globex.example", T0) == "i1"
+        assert invitations.invite(conn, "i2", "globex", "ap@GLOBEX.example", T0) is None
         assert conn.execute(select(table.c.id, table.c.email)).all() == [("i1", "ap@globex.example")]
 
 
@@ -51,3 +51,23 @@ def test_an_expired_token_is_refused(db):
         token = invitations.issue_token(conn, "i1", T0)
     with db.begin() as conn, pytest.raises(NotFoundError, match="expired"):
         invitations.redeem(conn, token, T0 + invitations.LIFETIME + timedelta(seconds=1))
+
+
+def test_a_dead_invitation_is_renewed_under_its_own_id_and_a_redeemed_one_never(db):
+    """Expired unused, or never mailed within the lifetime: renewed (old token gone); redeemed: never again."""
+    later = T0 + invitations.LIFETIME + timedelta(seconds=1)
+    with db.begin() as conn:
+        invitations.invite(conn, "i1", "globex", "ap@globex.example", T0)
+        assert invitations.invite(conn, "x", "globex", "ap@globex.example", T0 + timedelta(days=1)) is None
+        assert invitations.invite(conn, "x", "globex", "ap@globex.example", later) == "i1"  # never mailed
+        token = invitations.issue_token(conn, "i1", later)
+        assert invitations.invite(conn, "x", "globex", "ap@globex.example", later + timedelta(days=1)) is None
+        expired = later + invitations.LIFETIME + timedelta(seconds=1)
+        assert invitations.invite(conn, "x", "globex", "ap@globex.example", expired) == "i1"
+        assert conn.scalar(select(table.c.token_sha256)) is None
+    with db.begin() as conn, pytest.raises(NotFoundError):
+        invitations.redeem(conn, token, expired)
+    with db.begin() as conn:
+        token = invitations.issue_token(conn, "i1", expired)
+        invitations.redeem(conn, token, expired)
+        assert invitations.invite(conn, "x", "globex", "ap@globex.example", expired + 10 * invitations.LIFETIME) is None
