@@ -61,6 +61,7 @@ class SMTPDoor:
         """The factory to wrap with the allowlist guard and listen with: at most :data:`PER_SOURCE`
         connections from one address at once."""
         factory = ServerFactory()
+        factory.noisy = False
         factory.protocol = lambda: DoorESMTP(self.backend, self._tls_creator)
         return PerSourceLimit(factory, PER_SOURCE, "smtp")
 

@@ -77,6 +77,7 @@ class PerSourceLimit(WrappingFactory):
     """
 
     _log = Logger()
+    noisy = False  # the listener's own "starting on" line says enough
 
     def __init__(self, wrapped: Factory, limit: int, door: str):
         super().__init__(wrapped)
