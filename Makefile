@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 HOME_DIR ?= ./var
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+QUICK ?=
 
 # Debian packages the product needs at run time, and what the tests drive it with.
 RUN_DEBS  := openssl ca-certificates
@@ -43,9 +44,15 @@ lint: venv
 	$(BIN)/lint-imports --config setup.cfg
 	$(BIN)/ruff check .
 
-## make bench: intake throughput on the real disk, with its peers (bench/README.md); BENCH_ARGS=--help for options.
-bench: venv
-	$(BIN)/python -m bench $(BENCH_ARGS)
+# The benchmark suite's own extra (matplotlib for REPORT.md's plots), on top of the venv.
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+## make bench: every benchmark with its peers on loopback, then bench/results/REPORT.md (bench/README.md);
+## QUICK=1 for the 2-minute smoke version, BENCH_ARGS="--only sftp,smtp" (or --help) for the rest.
+bench: debs-test $(VENV)/.installed-bench
+	$(BIN)/python -m bench $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

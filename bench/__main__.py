@@ -1,5 +1,5 @@
-"""``python -m bench``: the intake throughput benchmark (see :mod:`bench.intake`)."""
+"""``python -m bench``: the whole benchmark suite and its report (see :mod:`bench.suite`)."""
 
-from bench.intake import main
+from bench.suite import main
 
 main()

@@ -9,6 +9,7 @@ neither side built it — with a signed sync MDN requested. Measured per message
 
 Both run in the same invocation, alternating, ``--rounds`` times; the report gives medians and the
 ratio. ``--large MB`` also reads one MB-sized message (in a child process) and reports its peak RSS.
+Results: a table on stdout and ``bench/results/as2.json``.
 
     .venv/bin/python -m bench.as2 [--messages 300] [--rounds 3] [--large 100]
 """
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from admin.initialise import initialise
+from bench.intake import environment
 from certs.x509 import load_certificate, load_key_and_certificate, read_file
 from gateway.config import load
 from gateway.home import Home
@@ -35,6 +37,8 @@ from protocols.as2.mime import Headers, Region, Scratch, memory_scratch
 from protocols.mdn import Disposition
 
 BASE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "invoices" / "peppol-bis3" / "base-example.xml"
+RESULTS = Path(__file__).resolve().parent / "results" / "as2.json"
+VERSION = "import importlib.metadata as m; print(m.version('pyas2lib'))"
 HEADERS = Headers.of([("Content-Type", 'application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"'),
                       ("AS2-From", "ACME"), ("AS2-To", "POSTROOM"), ("Message-ID", "<bench@openssl>")])
 
@@ -269,11 +273,24 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  pyas2lib   {statistics.median(theirs):7.2f} ms   ({1000 / statistics.median(theirs):6.0f} "
                   f"msg/s/core)   rounds {', '.join(f'{v:.2f}' for v in theirs)}")
             print(f"  ratio      pyas2lib / postroom = {statistics.median(theirs) / statistics.median(ours):.1f}x")
+        report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": environment(),
+                  "parameters": {"messages": args.messages, "rounds": args.rounds, "large_mb": args.large,
+                                 "daemon_large_mb": args.daemon_large},
+                  "postroom": {"median_ms": statistics.median(ours), "rounds_ms": ours}}
+        if theirs:
+            version = subprocess.run([str(python), "-c", VERSION], capture_output=True, text=True).stdout.strip()
+            report["machine"]["pyas2lib"] = version or "?"
+            report["pyas2lib"] = {"median_ms": statistics.median(theirs), "rounds_ms": theirs}
         if args.large:
-            print(f"  large      {large(home, work, args.large)}")
+            report["large"] = large(home, work, args.large)
+            print(f"  large      {report['large']}")
         if args.daemon_large:
-            print(f"  daemon     {daemon_large(args.daemon_large, work)}")
+            report["daemon_large"] = daemon_large(args.daemon_large, work)
+            print(f"  daemon     {report['daemon_large']}")
         print(f"  (this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {RESULTS.relative_to(RESULTS.parents[2])}")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,19 @@ message split by thread (reactor, io, cpu, writer), fsyncs per message through t
 filesystem seam (SQLite's own WAL fsync comes on top, once per batch), each step's mean wall time as
 the reactor sees it, and how busy the one writer thread is publishing blobs and running each
 message's SQL. ``--profile`` repeats the largest batch under cProfile, one profiler per thread, and
-prints each kind of thread.
+prints each kind of thread. Results: the tables on stdout and ``bench/results/intake.json``.
 """
 
 import argparse
 import cProfile
+import json
 import os
+import platform
 import pstats
+import re
 import shutil
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +40,7 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import sqlalchemy
 from sqlalchemy import func, select
 from twisted.internet import defer, task
 
@@ -53,7 +59,9 @@ from spool.database import create_engine
 from spool.fs import OSFileSystem
 from spool.schema import messages
 
-BASE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "invoices" / "peppol-bis3" / "base-example.xml"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "intake.json"
+BASE = ROOT / "tests" / "fixtures" / "invoices" / "peppol-bis3" / "base-example.xml"
 SIZE = 10 * 1024
 #: Not /tmp: it is tmpfs on many machines. Override with --tmp or BENCH_TMPDIR.
 DEFAULT_TMP = os.environ.get("BENCH_TMPDIR", "/var/tmp")  # noqa: S108
@@ -346,6 +354,29 @@ def print_tables(results: list[dict], serial_disk: float, writers: int) -> None:
               f"{w.get('publish', 0):>7.0%} {w.get('rows', 0):>4.0%}")
 
 
+def environment() -> dict:
+    """Machine, versions and the commit measured (with the files edited since), as the other benchmarks record."""
+    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.split()
+           for a in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
+    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            "sqlalchemy": sqlalchemy.__version__, "commit": " ".join(git[0]) or None, "modified": git[1]}
+
+
+def save(args, results: list[dict], serial_disk: float, kind: str, load_before: tuple) -> None:
+    """``bench/results/intake.json``: every batch size's figures (seconds, rates per second)."""
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "machine": {**environment(), "filesystem": kind, "load_before": load_before,
+                          "load_after": os.getloadavg()},
+              "parameters": {"messages": args.messages, "warmup": args.warmup, "writers": args.writers,
+                             "batches": args.batches, "key_bits": args.key_bits, "invoice_bytes": SIZE},
+              "serial_disk_per_s": serial_disk, "runs": results}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {RESULTS.relative_to(ROOT)}")
+
+
 async def amain(reactor, args) -> None:
     root = Path(args.tmp)
     kind, point, device = filesystem(root)
@@ -353,6 +384,7 @@ async def amain(reactor, args) -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     if kind in MEMORY_FILESYSTEMS:
         raise SystemExit(f"{root} is {kind}: fsync costs nothing there; pass --tmp on a real disk")
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(dir=root, prefix="postroom-bench-"))
     try:
         template = work / "template"
@@ -361,6 +393,7 @@ async def amain(reactor, args) -> None:
         results = [await measure(reactor, args, template, work, batch, f"b{batch}") for batch in args.batches]
         print_tables(results, serial_disk, args.writers)
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        save(args, results, serial_disk, kind, load_before)
         if args.profile:
             profiles = ThreadProfiles()
             profiles.start()
@@ -377,7 +410,7 @@ async def amain(reactor, args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the benchmark on the asyncio reactor (as the daemon does)."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.intake", description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=int(os.environ.get("BENCH_MESSAGES", 2000)),
                         help="timed messages per batch size (default 2000, or $BENCH_MESSAGES)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed messages first (default 200)")
