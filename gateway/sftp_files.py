@@ -57,7 +57,7 @@ def _outbox_rows(conn: Connection, partner_id: str) -> dict[str, Any]:
         select(messages.c.id, messages.c.filename, messages.c.size, messages.c.sha256, messages.c.received_at)
         .join(mailbox_items, mailbox_items.c.message_id == messages.c.id)
         .where(mailbox_items.c.recipient_id == partner_id, mailbox_items.c.state != "acknowledged")
-        .order_by(messages.c.id.desc()).limit(LISTING))
+        .order_by(mailbox_items.c.message_id.desc()).limit(LISTING))  # walks the index (records.mailbox)
     return _named(rows, _outbox_name)
 
 

@@ -431,14 +431,22 @@ def _item(row: Row) -> MailboxItem:
 
 def mailbox(conn: Connection, recipient_id: str, *, limit: int, before: str | None = None,
             state: str | None = None, since: datetime | None = None) -> list[MailboxItem]:
-    """A recipient's mailbox, newest first, ``limit`` items older than message ``before`` (a cursor)."""
-    query = _mailbox_query(recipient_id).order_by(messages.c.id.desc()).limit(limit)
+    """A recipient's mailbox, newest first, ``limit`` items older than message ``before`` (a cursor).
+
+    Ordered and bounded on ``mailbox_items.message_id`` (the same value as ``messages.id``), so the
+    database walks the ``(recipient_id[, state], message_id)`` index backwards and stops after ``limit``
+    rows: the cost does not grow with the mailbox (``bench/store.py``). Message IDs start with their
+    creation time, so ``since`` bounds the walk too.
+    """
+    item_id = mailbox_items.c.message_id
+    query = _mailbox_query(recipient_id).order_by(item_id.desc()).limit(limit)
     if before is not None:
-        query = query.where(messages.c.id < before)
+        query = query.where(item_id < before)
     if state is not None:
         query = query.where(mailbox_items.c.state == state)
     if since is not None:
-        query = query.where(messages.c.received_at >= since)
+        query = query.where(item_id >= f"{max(0, int(since.timestamp() * 1000)):012x}",
+                            messages.c.received_at >= since)
     return [_item(r) for r in conn.execute(query)]
 
 

@@ -107,6 +107,7 @@ mailbox_items = Table(
     Column("acknowledged_at", UTCDateTime()),
     UniqueConstraint("message_id", "recipient_id", name="uq_mailbox_items_message_recipient"),
     Index("ix_mailbox_items_recipient", "recipient_id", "message_id"),
+    Index("ix_mailbox_items_recipient_state", "recipient_id", "state", "message_id"),
     CheckConstraint("state IN ('new', 'downloaded', 'acknowledged')", name="state"),
 )
 
