@@ -32,7 +32,6 @@ import queue
 import shutil
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.as2 import build_message
-from bench.intake import DEFAULT_TMP, MEMORY_FILESYSTEMS, filesystem, invoices
+from bench.common import with_defaults, work_folder
+from bench.intake import DEFAULT_TMP, filesystem, invoices
 from gateway.home import Home
 from tests.e2e.daemon import POSTROOM, Daemon
 
@@ -287,19 +287,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=10, help="seconds to wait for stragglers (default 10)")
     parser.add_argument("--tmp", default=DEFAULT_TMP, help=f"where the home goes (default {DEFAULT_TMP})")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    with_defaults(args, QUICK, FULL)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    kind, point, _ = filesystem(Path(args.tmp))
-    if kind in MEMORY_FILESYSTEMS:
-        raise SystemExit(f"{args.tmp} is on {kind} ({point}): use --tmp on a real disk")
     began, load_before = time.monotonic(), os.getloadavg()
-    work = Path(tempfile.mkdtemp(dir=args.tmp, prefix="postroom-bench-latency-"))
+    work = work_folder(args.tmp, "latency")
     daemon = None
     try:
         home = Home(work / "home")
@@ -314,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     print_report(results)
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": {**environment(), "filesystem": kind, "load_before": load_before,
+              "machine": {**environment(), "filesystem": filesystem(work)[0], "load_before": load_before,
                           "load_after": os.getloadavg()},
               "parameters": {"rates": args.rates, "seconds": args.seconds, "door": args.door,
                              "poll_ms": args.poll_ms, "grace": args.grace, "payload_bytes": 10 * 1024,

@@ -43,7 +43,8 @@ from lxml import etree
 from signxml import XMLSigner
 from signxml.algorithms import CanonicalizationMethod
 
-from bench.intake import DEFAULT_TMP, MEMORY_FILESYSTEMS, filesystem
+from bench.common import require_real_disk, with_defaults
+from bench.intake import DEFAULT_TMP, filesystem
 from certs.x509 import load_key_and_certificate, read_file
 from gateway.home import Home
 from protocols import xmldoc
@@ -459,18 +460,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gigabyte", action=argparse.BooleanOptionalAction, help="the 1 GB RSS run (default on)")
     parser.add_argument("--tmp", default=DEFAULT_TMP, help=f"where the home and payloads go (default {DEFAULT_TMP})")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    with_defaults(args, QUICK, FULL)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     for where in (Path(args.tmp), Path(SSHD_PARENT)):
-        kind, point, _ = filesystem(where)
-        if kind in MEMORY_FILESYSTEMS:
-            raise SystemExit(f"{where} is on {kind} ({point}): fsync is free there; use --tmp on a real disk")
+        require_real_disk(where)
     began, load_before = time.monotonic(), os.getloadavg()
     work = Path(tempfile.mkdtemp(dir=args.tmp, prefix="postroom-bench-sftp-"))
     postroom = openssh = None

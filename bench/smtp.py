@@ -39,7 +39,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -50,7 +49,8 @@ from pathlib import Path
 
 import aiosmtpd
 
-from bench.intake import DEFAULT_TMP, MEMORY_FILESYSTEMS, filesystem, invoices
+from bench.common import with_defaults, work_folder
+from bench.intake import DEFAULT_TMP, filesystem, invoices
 from bench.sftp import cpu_seconds, settle, vm_kb
 from gateway.home import Home
 from tests.e2e.daemon import POSTROOM, Daemon
@@ -423,19 +423,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="then one more batch to a daemon under cProfile; print LINES lines per thread kind")
     parser.add_argument("--tmp", default=DEFAULT_TMP, help=f"where the home and mails go (default {DEFAULT_TMP})")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    with_defaults(args, QUICK, FULL)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    kind, point, _ = filesystem(Path(args.tmp))
-    if kind in MEMORY_FILESYSTEMS:
-        raise SystemExit(f"{args.tmp} is on {kind} ({point}): fsync is free there; use --tmp on a real disk")
     began, load_before = time.monotonic(), os.getloadavg()
-    work = Path(tempfile.mkdtemp(dir=args.tmp, prefix="postroom-bench-smtp-"))
+    work = work_folder(args.tmp, "smtp")
     postroom = peer = None
     runs = []
     try:
@@ -468,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     table = medians(runs)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {**environment(), "filesystem": kind, "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**environment(), "filesystem": filesystem(work)[0], "load_before": load_before,
+                    "load_after": os.getloadavg()},
         "parameters": {"mails": args.mails, "connections": args.connections, "rounds": args.rounds,
                        "client_tcp_nodelay": not args.nagle,
                        "prepare_seconds": round(prep, 1)},

@@ -36,7 +36,6 @@ import shutil
 import sqlite3
 import ssl
 import subprocess
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +43,8 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import event, func, insert, select
 
-from bench.intake import DEFAULT_TMP, MEMORY_FILESYSTEMS, filesystem, invoices
+from bench.common import with_defaults, work_folder
+from bench.intake import DEFAULT_TMP, filesystem, invoices
 from gateway.config import load
 from gateway.home import Home
 from spool import records
@@ -317,9 +317,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds per endpoint and size before it stops short of --requests (default 60)")
     parser.add_argument("--tmp", default=DEFAULT_TMP, help=f"where the home goes (default {DEFAULT_TMP})")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    with_defaults(args, QUICK, FULL)
     if args.sizes != sorted(args.sizes):
         parser.error("--sizes must ascend: one database grows between measurements")
     return args
@@ -327,11 +325,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    kind, point, _ = filesystem(Path(args.tmp))
-    if kind in MEMORY_FILESYSTEMS:
-        raise SystemExit(f"{args.tmp} is on {kind} ({point}): use --tmp on a real disk")
     began, load_before = time.monotonic(), os.getloadavg()
-    work = Path(tempfile.mkdtemp(dir=args.tmp, prefix="postroom-bench-store-"))
+    work = work_folder(args.tmp, "store")
     results = []
     try:
         store = Store(work)
@@ -343,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     print_report(results, args.requests, args.depth)
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": {**environment(), "filesystem": kind, "load_before": load_before,
+              "machine": {**environment(), "filesystem": filesystem(work)[0], "load_before": load_before,
                           "load_after": os.getloadavg()},
               "parameters": {"sizes": args.sizes, "requests": args.requests, "depth": args.depth, "limit": 50,
                              "budget_seconds": args.budget,
