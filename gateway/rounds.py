@@ -76,7 +76,7 @@ class RoundsService(Service):
         self._running.addErrback(lambda f: self._log.failure("{name} round failed", f, name=self.name))
         self._running.addBoth(self._finished)
 
-    def wake_soon(self, delay: float = 0.05) -> None:
+    def wake_soon(self, delay: float = 0.01) -> None:
         """Run a round ``delay`` seconds from now, and let the wakes in between join it: a stream of
         single messages is then handled in batches (one claim and one filing per batch), not one each."""
         if self.running and self._soon is None:
