@@ -35,7 +35,6 @@ import http.client
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -52,16 +51,16 @@ from pathlib import Path
 
 from admin.initialise import initialise
 from bench.as2 import _ephemeral
-from bench.intake import DEFAULT_TMP, MEMORY_FILESYSTEMS, filesystem, invoices
+from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine
+from bench.intake import invoices
 from gateway.home import Home
 from tests.e2e.daemon import Daemon
 from tests.e2e.https import query
 from tests.peers.django_pyas2_peer import CONFIGURE
 from tests.peers.django_pyas2_peer import SITE as DJANGO_SITE
 from tests.peers.venvs import PEERS_DIR, peer_env, peer_python
-from tests.postgres import ThrowawayPostgres, _bin
+from tests.postgres import DURABLE_SETTINGS, ThrowawayPostgres, _bin
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "as2_load.json"
 FULL = {"concurrency": [1, 8, 32], "messages": 1000, "rounds": 1}
 QUICK = {"concurrency": [1, 8], "messages": 100, "rounds": 1}
@@ -294,33 +293,6 @@ class Postroom:
         self.daemon.stop()
 
 
-class DurablePostgres(ThrowawayPostgres):
-    """tests/postgres.py's cluster with the defaults a production server keeps (fsync, full-page writes), on disk."""
-
-    def __init__(self, parent: Path):
-        super().__init__()
-        shutil.rmtree(self.directory)
-        self.directory = Path(tempfile.mkdtemp(prefix="postroom-bench-pg-", dir=parent))
-        self.data = self.directory / "data"
-
-    def start(self, timeout: float = 60) -> "DurablePostgres":
-        if self._as_user:
-            shutil.chown(self.directory, "postgres", "postgres")
-        self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        log = (self.directory / "postgres.log").open("ab")
-        self.process = subprocess.Popen(
-            [*self._as_user, _bin("postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
-             "-c", "max_connections=200", "-c", "shared_buffers=256MB"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while subprocess.run([_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                             capture_output=True).returncode != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((self.directory / "postgres.log").read_text())
-            time.sleep(0.1)
-        return self
-
-
 GUNICORN_CONF = '''
 wsgi_app = "peersite.wsgi:application"
 worker_class = "gthread"
@@ -352,7 +324,8 @@ class DjangoPyas2:
         self.work = work
         (work / "media").mkdir(parents=True)
         self.gunicorn: subprocess.Popen | None = None
-        self.pg = DurablePostgres(root)  # under the --tmp root itself: our 0700 work dir keeps ``postgres`` out
+        # under the --tmp root itself (our 0700 work dir keeps ``postgres`` out), with fsync on
+        self.pg = ThrowawayPostgres(parent=root, settings=DURABLE_SETTINGS)
         try:
             self._start(home, workers, threads)
         except BaseException:
@@ -603,13 +576,9 @@ def targets(table: dict) -> dict:
 
 
 def environment() -> dict:
-    git = [subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.split()
-           for args in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
-    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    """Machine, versions and the commit measured."""
     openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
-            "python": platform.python_version(), "openssl_cli": openssl, "ssl_module": ssl.OPENSSL_VERSION,
-            "commit": " ".join(git[0]) or None, "modified": git[1]}
+    return machine(openssl_cli=openssl, ssl_module=ssl.OPENSSL_VERSION)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -1,18 +1,32 @@
-"""What every benchmark does the same way: defaults for quick and full runs, and its folder on a real disk."""
+"""What every benchmark does the same way: where it works (a real disk), the machine it reports, a fresh
+demo home, and defaults for quick and full runs."""
 
 import argparse
+import os
+import platform
+import re
+import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.intake import MEMORY_FILESYSTEMS, filesystem
+from gateway.home import Home
+from tests.e2e.daemon import POSTROOM
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Not /tmp: it is tmpfs on many machines. Override with --tmp or BENCH_TMPDIR.
+DEFAULT_TMP = os.environ.get("BENCH_TMPDIR", "/var/tmp")  # noqa: S108
+MEMORY_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs"}
 
 
-def with_defaults(args: argparse.Namespace, quick: dict, full: dict) -> argparse.Namespace:
-    """Fill every option left unset from ``quick`` or ``full``, whichever ``--quick`` chose."""
-    for name, value in (quick if args.quick else full).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+def filesystem(path: Path) -> tuple[str, str, str]:
+    """``(type, mount point, device)`` of the filesystem holding ``path`` (the longest matching mount)."""
+    path, best = path.resolve(), ("unknown", "", "?")
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            device, point, kind = line.split()[:3]
+            if path.is_relative_to(point) and len(point) >= len(best[1]):
+                best = (kind, point, device)
+    return best
 
 
 def require_real_disk(where: Path) -> None:
@@ -26,3 +40,28 @@ def work_folder(tmp: str, name: str) -> Path:
     """A fresh ``postroom-bench-<name>-*`` folder under ``tmp``, on a real disk."""
     require_real_disk(Path(tmp))
     return Path(tempfile.mkdtemp(dir=tmp, prefix=f"postroom-bench-{name}-"))
+
+
+def machine(**versions: str) -> dict:
+    """The machine, the given versions, and the commit measured (files edited since are listed: they ran)."""
+    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.split()
+           for a in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
+    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
+            "python": platform.python_version(), **versions, "commit": " ".join(git[0]) or None, "modified": git[1]}
+
+
+def demo_home(path: Path) -> Home:
+    """A fresh ``postroom init --demo`` home on ephemeral ports (the real CLI, as an operator makes one)."""
+    home = Home(path)
+    subprocess.run([POSTROOM, "--home", str(home.path), "init", "--demo", "--ephemeral-ports"], check=True,
+                   capture_output=True)
+    return home
+
+
+def with_defaults(args: argparse.Namespace, quick: dict, full: dict) -> argparse.Namespace:
+    """Fill every option left unset from ``quick`` or ``full``, whichever ``--quick`` chose."""
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args

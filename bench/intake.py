@@ -26,12 +26,9 @@ import argparse
 import cProfile
 import json
 import os
-import platform
 import pstats
-import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +42,7 @@ from sqlalchemy import func, select
 from twisted.internet import defer, task
 
 from admin.initialise import initialise
+from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine
 from gateway.committer import GroupCommitter
 from gateway.config import load
 from gateway.home import Home
@@ -59,29 +57,14 @@ from spool.database import create_engine
 from spool.fs import OSFileSystem
 from spool.schema import messages
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "intake.json"
 BASE = ROOT / "tests" / "fixtures" / "invoices" / "peppol-bis3" / "base-example.xml"
 SIZE = 10 * 1024
-#: Not /tmp: it is tmpfs on many machines. Override with --tmp or BENCH_TMPDIR.
-DEFAULT_TMP = os.environ.get("BENCH_TMPDIR", "/var/tmp")  # noqa: S108
-MEMORY_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs and the disk peer
 # ---------------------------------------------------------------------------------------------------------------
-
-def filesystem(path: Path) -> tuple[str, str, str]:
-    """``(type, mount point, device)`` of the filesystem holding ``path`` (the longest matching mount)."""
-    path, best = path.resolve(), ("unknown", "", "?")
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            device, point, kind = line.split()[:3]
-            if path.is_relative_to(point) and len(point) >= len(best[1]):
-                best = (kind, point, device)
-    return best
-
 
 def invoices(prefix: str, count: int) -> list[bytes]:
     """``count`` UBL invoices of exactly 10 KB, each with its own number, padded with a ``cbc:Note``."""
@@ -355,13 +338,8 @@ def print_tables(results: list[dict], serial_disk: float, writers: int) -> None:
 
 
 def environment() -> dict:
-    """Machine, versions and the commit measured (with the files edited since), as the other benchmarks record."""
-    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.split()
-           for a in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
-    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "sqlalchemy": sqlalchemy.__version__, "commit": " ".join(git[0]) or None, "modified": git[1]}
+    """Machine, versions and the commit measured."""
+    return machine(sqlite=sqlite3.sqlite_version, sqlalchemy=sqlalchemy.__version__)
 
 
 def save(args, results: list[dict], serial_disk: float, kind: str, load_before: tuple) -> None:

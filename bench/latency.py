@@ -27,11 +27,9 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import queue
 import shutil
 import ssl
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,12 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.as2 import build_message
-from bench.common import with_defaults, work_folder
-from bench.intake import DEFAULT_TMP, filesystem, invoices
+from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, with_defaults, work_folder
+from bench.intake import invoices
 from gateway.home import Home
-from tests.e2e.daemon import POSTROOM, Daemon
+from tests.e2e.daemon import Daemon
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "latency.json"
 TARGET_P99_MS = 250
 FULL = {"rates": [50, 200], "seconds": 20.0}
@@ -268,10 +265,7 @@ def print_report(results: list[dict]) -> None:
 
 def environment() -> dict:
     """Machine, versions and the commit measured."""
-    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.split()
-           for a in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
-    return {"cpu_count": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "openssl": ssl.OPENSSL_VERSION, "commit": " ".join(git[0]) or None, "modified": git[1]}
+    return machine(openssl=ssl.OPENSSL_VERSION)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -297,9 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     work = work_folder(args.tmp, "latency")
     daemon = None
     try:
-        home = Home(work / "home")
-        subprocess.run([POSTROOM, "--home", str(home.path), "init", "--demo", "--ephemeral-ports"], check=True,
-                       capture_output=True)
+        home = demo_home(work / "home")
         daemon = Daemon(home).start(timeout=60)
         token = daemon.cli("token", "create", "--partner", "globex", "--name", "bench").stdout.split()[-1]
         results = [run_rate(daemon, token, args.door, rate, args.seconds, args, work) for rate in args.rates]

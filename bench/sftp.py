@@ -25,7 +25,6 @@ MB means 2**20 bytes. Results: a table on stdout and ``bench/results/sftp.json``
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -43,15 +42,13 @@ from lxml import etree
 from signxml import XMLSigner
 from signxml.algorithms import CanonicalizationMethod
 
-from bench.common import require_real_disk, with_defaults
-from bench.intake import DEFAULT_TMP, filesystem
+from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, require_real_disk, with_defaults
 from certs.x509 import load_key_and_certificate, read_file
 from gateway.home import Home
 from protocols import xmldoc
-from tests.e2e.daemon import POSTROOM, Daemon
+from tests.e2e.daemon import Daemon
 from tests.e2e.https import query
 
-ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = ROOT / "tests" / "fixtures" / "invoices" / "signed" / "unsigned-with-placeholder.xml"
 RESULTS = ROOT / "bench" / "results" / "sftp.json"
 SSHD = "/usr/sbin/sshd"
@@ -86,9 +83,7 @@ class Postroom(Server):
     user = "acme"
 
     def __init__(self, work: Path):
-        self.home = Home(work / "home")
-        subprocess.run([POSTROOM, "--home", str(self.home.path), "init", "--demo", "--ephemeral-ports"], check=True,
-                       capture_output=True)
+        self.home = demo_home(work / "home")
         config = self.home.config_file
         config.write_text(re.sub(r"(?m)^max_payload_bytes = \d+$", f"max_payload_bytes = {2 << 30}",
                                  config.read_text()))
@@ -441,14 +436,10 @@ def print_table(title: str, unit: str, table: dict) -> None:
 
 
 def environment() -> dict:
-    """Versions and machine, and the commit measured (files edited since are listed: the daemon ran them)."""
+    """Machine, versions and the commit measured."""
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
-    git = [subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.split()
-           for args in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
-    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
-            "python": platform.python_version(), "asyncssh": asyncssh.__version__, "paramiko": paramiko.__version__,
-            "openssh": (ssh.stderr or ssh.stdout).strip(), "commit": " ".join(git[0]) or None, "modified": git[1]}
+    return machine(asyncssh=asyncssh.__version__, paramiko=paramiko.__version__,
+                   openssh=(ssh.stderr or ssh.stdout).strip())
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -28,7 +28,6 @@ prints where its CPU went.
 import argparse
 import json
 import os
-import platform
 import pstats
 import re
 import shutil
@@ -49,14 +48,13 @@ from pathlib import Path
 
 import aiosmtpd
 
-from bench.common import with_defaults, work_folder
-from bench.intake import DEFAULT_TMP, filesystem, invoices
+from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, with_defaults, work_folder
+from bench.intake import invoices
 from bench.sftp import cpu_seconds, settle, vm_kb
 from gateway.home import Home
-from tests.e2e.daemon import POSTROOM, Daemon
+from tests.e2e.daemon import Daemon
 from tests.e2e.https import query
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "smtp.json"
 SENDER, RECIPIENT = "invoices@acme.example", "invoices@localhost"
 FULL = {"mails": 1000, "rounds": 3}
@@ -110,9 +108,7 @@ class Postroom:
     name = "postroom"
 
     def __init__(self, work: Path):
-        self.home = Home(work / "home")
-        subprocess.run([POSTROOM, "--home", str(self.home.path), "init", "--demo", "--ephemeral-ports"], check=True,
-                       capture_output=True)
+        self.home = demo_home(work / "home")
         self.daemon = Daemon(self.home)
         self.profiles = work / "profiles"
 
@@ -402,14 +398,9 @@ def print_profiles(folder: Path, lines: int, mails: int) -> None:
 
 
 def environment() -> dict:
-    """Versions and machine, and the commit measured (files edited since are listed: the daemon ran them)."""
-    git = [subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.split()
-           for args in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
-    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    """Machine, versions and the commit measured."""
     openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu_count": os.cpu_count(), "cpu_model": model.group(1) if model else "?", "kernel": platform.release(),
-            "python": platform.python_version(), "aiosmtpd": aiosmtpd.__version__, "openssl": openssl,
-            "python_ssl": ssl.OPENSSL_VERSION, "commit": git[0][0], "modified": git[1]}
+    return machine(aiosmtpd=aiosmtpd.__version__, openssl=openssl, python_ssl=ssl.OPENSSL_VERSION)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -30,12 +30,10 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import shutil
 import sqlite3
 import ssl
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,17 +41,16 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import event, func, insert, select
 
-from bench.common import with_defaults, work_folder
-from bench.intake import DEFAULT_TMP, filesystem, invoices
+from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, with_defaults, work_folder
+from bench.intake import invoices
 from gateway.config import load
 from gateway.home import Home
 from spool import records
 from spool.blobs import BlobStore
 from spool.database import create_engine
 from spool.schema import deliveries, mailbox_items, messages
-from tests.e2e.daemon import POSTROOM, Daemon
+from tests.e2e.daemon import Daemon
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "store.json"
 CHUNK = 10_000
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -71,9 +68,7 @@ class Store:
     """A demo home whose database is grown with globex's mailbox, straight through SQLAlchemy Core."""
 
     def __init__(self, work: Path):
-        self.home = Home(work / "home")
-        subprocess.run([POSTROOM, "--home", str(self.home.path), "init", "--demo", "--ephemeral-ports"], check=True,
-                       capture_output=True)
+        self.home = demo_home(work / "home")
         config = load(self.home)
         self.engine = create_engine(config.database_url)
         blobs = BlobStore(config.home.resolve(config.storage.spool_dir))
@@ -299,11 +294,7 @@ def print_report(results: list[dict], requests: int, depth: int) -> None:
 
 def environment() -> dict:
     """Machine, versions and the commit measured."""
-    git = [subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.split()
-           for a in (["rev-parse", "--short", "HEAD"], ["diff", "--name-only", "HEAD"])]
-    return {"cpu_count": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version, "sqlalchemy": sqlalchemy.__version__,
-            "openssl": ssl.OPENSSL_VERSION, "commit": " ".join(git[0]) or None, "modified": git[1]}
+    return machine(sqlite=sqlite3.sqlite_version, sqlalchemy=sqlalchemy.__version__, openssl=ssl.OPENSSL_VERSION)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -32,14 +33,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Tests throw the data away: durability costs time and buys nothing.
+TEST_SETTINGS = ("fsync=off", "full_page_writes=off")
+#: What a production server keeps (fsync and full-page writes on), sized for a benchmark's connections.
+DURABLE_SETTINGS = ("max_connections=200", "shared_buffers=256MB")
+
+
 class ThrowawayPostgres:
     """initdb + postgres in a fresh directory of its own (pytest's 0700 temp root would keep the
     ``postgres`` user out); :meth:`stop` ends the server and deletes the directory."""
 
-    def __init__(self):
-        self.directory = Path(tempfile.mkdtemp(prefix="postroom-pg-"))
+    def __init__(self, parent: Path | None = None, settings: Sequence[str] = TEST_SETTINGS):
+        """``parent``: where the cluster's directory goes (default the system temp dir); ``settings``: the
+        ``-c`` options (tests: no fsync; benchmarks pass :data:`DURABLE_SETTINGS`)."""
+        self.directory = Path(tempfile.mkdtemp(prefix="postroom-pg-", dir=parent))
         self.data = self.directory / "data"
         self.port = _free_port()
+        self.settings = tuple(settings)
         self.process: subprocess.Popen | None = None
         self._as_user: list[str] = []
         if os.geteuid() == 0:
@@ -57,7 +67,7 @@ class ThrowawayPostgres:
         self.process = subprocess.Popen(
             [*self._as_user, _bin("postgres"), "-D", str(self.data), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
-             "-c", "fsync=off", "-c", "full_page_writes=off"],
+             *(arg for setting in self.settings for arg in ("-c", setting))],
             stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

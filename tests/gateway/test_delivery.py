@@ -496,6 +496,9 @@ async def test_wakes_close_together_are_gathered_into_one_round(make_service, en
     """``wake_soon`` three times within the delay: one round after it, delivering all three messages."""
     target = HeldTarget()
     service = make_service({"as2": target})
+    rounds = []
+    real_round = service._round
+    service._round = lambda: (rounds.append(clock.seconds()), real_round())[1]
     service.startService()  # the first round finds nothing
     messages = [accept(engine, INITECH, number=f"INV-{n}") for n in (1, 2, 3)]
     for _ in messages:
@@ -514,3 +517,4 @@ async def test_wakes_close_together_are_gathered_into_one_round(make_service, en
     target.held[2].callback(None)
     await service.stopService()
     assert [state(engine, m) for m in messages] == ["delivered"] * 3
+    assert rounds == [0, 0.05]  # the start's round, then one for the three wakes
