@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from gateway.delivery import DeliveryService
-from gateway.rounds import MAX_DELAY, retry_delay
+from gateway.rounds import MAX_DELAY, RoundsService, retry_delay
 from gateway.router import targets_for
 from partners.directory import Partner, PartnerDirectory
 from protocols.envelope import DeliveryFailed
@@ -495,11 +495,8 @@ def test_retry_delay_grows_then_stays_capped():
 async def test_wakes_close_together_are_gathered_into_one_round(make_service, engine, clock):
     """``wake_soon`` three times within the delay: one round after it, delivering all three messages."""
     target = HeldTarget()
-    service = make_service({"as2": target})
-    rounds = []
-    real_round = service._round
-    service._round = lambda: (rounds.append(clock.seconds()), real_round())[1]
-    service.startService()  # the first round finds nothing
+    service = make_service({"as2": target}, ready=defer.Deferred)  # never ready: no polling, only the wakes run rounds
+    service.startService()
     messages = [accept(engine, INITECH, number=f"INV-{n}") for n in (1, 2, 3)]
     for _ in messages:
         service.wake_soon(0.05)
@@ -517,4 +514,25 @@ async def test_wakes_close_together_are_gathered_into_one_round(make_service, en
     target.held[2].callback(None)
     await service.stopService()
     assert [state(engine, m) for m in messages] == ["delivered"] * 3
-    assert rounds == [0, 0.05]  # the start's round, then one for the three wakes
+
+
+def test_wake_soon_runs_one_round_for_the_wakes_within_its_delay(clock, now):
+    """Three ``wake_soon`` calls 10 ms apart: one round, 50 ms after the first; the next wake gets its own."""
+    class Counting(RoundsService):
+        name = "counting"
+        rounds: list = []
+
+        async def _round(self) -> None:
+            self.rounds.append(clock.seconds())
+
+    service = Counting(clock, 60, defer.Deferred, now=now, max_attempts=1, backoff=1)  # never ready: no polling
+    service.startService()
+    for _ in range(3):
+        service.wake_soon(0.05)
+        clock.advance(0.01)
+    clock.advance(0.02)
+    assert service.rounds == [0.05]
+    service.wake_soon(0.05)
+    clock.advance(0.05)
+    assert service.rounds == [0.05, 0.1]
+    service.stopService()
