@@ -3,7 +3,7 @@
 
 Layout under ``root``::
 
-    tmp/<uuid4 hex>                  staged, not yet published (deleted at start-up)
+    tmp/<node>~<uuid4 hex>           staged, not yet published (deleted when that node starts again)
     blobs/ab/cd/<sha256 hex>         published; the name is the SHA-256 of the content
 
 This is STYLE §2.4 steps 1-3: stream into ``tmp/`` (``O_EXCL``, 0600, hashed and size-checked as the
@@ -38,6 +38,10 @@ from spool.fs import OSFileSystem
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _FANOUT = re.compile(r"[0-9a-f]{2}")
 _CHUNK = 1 << 20
+#: Scratch bytes kept in memory before they go to a file: the size of a typical invoice message, and the
+#: order of twisted.web's own choice for request bodies (100,000 bytes), so that memory stays bounded by
+#: the number of requests in flight.
+SCRATCH_IN_MEMORY = 1 << 16
 
 
 class SpoolError(Exception):
@@ -233,12 +237,16 @@ class BlobStore:
     :param root: the spool directory; ``tmp/`` and ``blobs/`` are created in it (0700) if missing.
     :param fs: the filesystem seam; tests pass a failing or simulated one.
     :param max_bytes: refuse payloads longer than this (``None``: no limit).
+    :param node: the daemon's node name, prefixed to its staging files so that when several daemons share
+        the spool, each one's start-up cleaning removes only its own (``""``: unprefixed names).
     :raises SpoolWriteError: the layout cannot be created.
     """
 
-    def __init__(self, root: Path, fs: OSFileSystem | None = None, max_bytes: int | None = None) -> None:
+    def __init__(self, root: Path, fs: OSFileSystem | None = None, max_bytes: int | None = None,
+                 node: str = "") -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self._prefix = f"{node}~" if node else ""
         self._fs = fs if fs is not None else OSFileSystem()
         self._tmp = self.root / "tmp"
         self._blobs = self.root / "blobs"
@@ -254,16 +262,20 @@ class BlobStore:
         self._durable_dirs.update(created)
 
     def scratch(self) -> BinaryIO:
-        """An anonymous temporary file in ``tmp/`` (0600, gone when closed or when the process dies),
-        for raw bytes that arrive before anyone knows whether they will be kept."""
-        return tempfile.TemporaryFile(dir=self._tmp)
+        """A temporary file for raw bytes that arrive before anyone knows whether they will be kept.
+
+        Its first :data:`SCRATCH_IN_MEMORY` bytes stay in memory (creating a file for each S/MIME layer of
+        every small message cost a tenth of the AS2 door's CPU); past that it becomes an anonymous file in
+        ``tmp/`` (0600, gone when closed or when the process dies).
+        """
+        return tempfile.SpooledTemporaryFile(max_size=SCRATCH_IN_MEMORY, dir=self._tmp)
 
     def stage(self) -> BlobWriter:
-        """Start a payload: a new ``tmp/<uuid4 hex>`` file, ``O_EXCL``, mode 0600.
+        """Start a payload: a new ``tmp/<node>~<uuid4 hex>`` file, ``O_EXCL``, mode 0600.
 
         :raises SpoolWriteError: the file cannot be created.
         """
-        path = self._tmp / uuid.uuid4().hex
+        path = self._tmp / f"{self._prefix}{uuid.uuid4().hex}"
         try:
             fd = self._fs.open_exclusive(path, 0o600)
         except OSError as exc:
@@ -387,13 +399,15 @@ class BlobStore:
             return []
 
     def clean_tmp(self) -> int:
-        """Remove every file in ``tmp/`` and return how many there were.
+        """Remove this node's files in ``tmp/`` (and unprefixed ones) and return how many there were.
 
         Start-up recovery (STYLE §2.4 step 6, Tahoe's ``_clean_incomplete``): whatever is in ``tmp/``
         was never published, so no one was told it was accepted. Call it before the first
-        :meth:`stage`; it would delete the files of writers still running.
+        :meth:`stage`; it would delete the files of writers still running. Files of other nodes
+        sharing the spool are theirs to clean: they may be writing them now.
         """
-        names = self._fs.listdir(self._tmp)
+        names = [name for name in self._fs.listdir(self._tmp)
+                 if "~" not in name or (self._prefix and name.startswith(self._prefix))]
         for name in names:
             self._fs.unlink(self._tmp / name)
         return len(names)

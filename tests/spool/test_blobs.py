@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spool.blobs import (
+    SCRATCH_IN_MEMORY,
     BlobNotFound,
     BlobStore,
     InvalidBlobName,
@@ -486,6 +487,19 @@ def test_clean_tmp(store):
     assert store.verify(name)
 
 
+def test_clean_tmp_leaves_other_nodes_files(tmp_path):
+    """Daemons sharing a spool: one's start-up cleaning must not delete what another is writing now."""
+    ours, theirs = BlobStore(tmp_path, node="gw-1"), BlobStore(tmp_path, node="gw-2")
+    mine, other = ours.stage(), theirs.stage()
+    (tmp_path / "tmp" / "0123abcd").write_bytes(b"left by a version without node names")
+    assert ours.clean_tmp() == 2
+    assert tmp_names(ours) == [other.path.name]
+    assert other.path.name.startswith("gw-2~") and not mine.path.exists()
+    other.write(b"still writing")
+    assert theirs.publish([other.finish()]) is None
+    assert theirs.clean_tmp() == 0
+
+
 def test_makedirs_reports_created(tmp_path):
     """OSFileSystem.makedirs() returns exactly the directories it created, outermost first."""
     fs = OSFileSystem()
@@ -511,3 +525,30 @@ def test_open_exclusive_refuses_existing(tmp_path):
     (tmp_path / "f").write_bytes(b"old")
     with pytest.raises(FileExistsError):
         OSFileSystem().open_exclusive(tmp_path / "f")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_small_scratch_stays_in_memory(store):
+    before = _open_fds()
+    with store.scratch() as f:
+        f.write(b"x" * SCRATCH_IN_MEMORY)
+        assert _open_fds() == before  # no file made for a typical message's layers
+        f.seek(0)
+        assert f.read() == b"x" * SCRATCH_IN_MEMORY
+
+
+def test_large_scratch_goes_to_an_anonymous_file_on_the_spool_disk(store):
+    data = os.urandom(SCRATCH_IN_MEMORY) + b"tail"
+    with store.scratch() as f:
+        f.write(data[:100])
+        f.write(data[100:])
+        info = os.fstat(f.fileno())
+        assert info.st_dev == os.stat(store.root / "tmp").st_dev
+        assert info.st_nlink == 0  # nothing left behind if the process dies
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        f.seek(0)
+        assert f.read() == data
+    assert tmp_names(store) == []
