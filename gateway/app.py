@@ -8,7 +8,6 @@ SIGTERM or SIGINT, then stops the services in reverse order and exits 0.
 
 import asyncio
 import os
-import socket
 import sys
 from datetime import UTC, datetime
 from typing import Callable
@@ -111,13 +110,14 @@ class PostroomService(MultiService):
         self.directory = DirectoryService(self.db, reactor, config.directory.reload_seconds, self.metrics)
         self.directory.setServiceParent(self)
         home = config.home
-        self.blobs = BlobStore(home.resolve(config.storage.spool_dir), max_bytes=config.limits.max_payload_bytes)
+        node = config.gateway.node_name
+        self.blobs = BlobStore(home.resolve(config.storage.spool_dir), max_bytes=config.limits.max_payload_bytes,
+                               node=node)
         self.io = ThreadPoolService(reactor, "io", threads=32)
         self.cpu = ThreadPoolService(reactor, "cpu", threads=max(2, os.cpu_count() or 2))
         self.committer = GroupCommitter(reactor, self.blobs, engine, on_batch=self.metrics.commit_batch.observe)
         for service in (self.io, self.cpu, self.committer):
             service.setServiceParent(self)
-        worker = socket.gethostname()
         identity = load_key_and_certificate(
             read_file(home.resolve(config.tls.private_key)),
             read_file(home.resolve(config.tls.certificate)),
@@ -139,7 +139,7 @@ class PostroomService(MultiService):
             push_targets["email"] = EmailPush(relay, signer, self._read_payload, self.cpu.run, self._now,
                                               self.blobs.scratch)
         pushable = frozenset(push_targets)
-        self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, worker,
+        self.recovery = RecoveryService(self.db, self.blobs, self.directory.when_ready, self.directory.get, node,
                                         self._now, pushable)
         self.recovery.setServiceParent(self)
         mail_identity = MailIdentity(mail_sender(config), config.gateway.hostname, config.portal.base_url)
@@ -150,7 +150,7 @@ class PostroomService(MultiService):
                                     backoff=config.delivery.backoff)
         self.delivery = DeliveryService(
             self.db, reactor, self._now, self.directory.get, push_targets, ready=self.recovery.when_done,
-            max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=worker,
+            max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=node,
             on_filed=MailPlanner(mail_identity, self.directory.get).filed if self.mail is not None else None,
             after_filing=self.mail.wake if self.mail is not None else lambda: None)
         self.delivery.setServiceParent(self)

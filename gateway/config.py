@@ -5,6 +5,8 @@ An unknown key is an error, not a silent default: a typo in ``[listen] as2`` mus
 a port nobody expected. Every error names the file, the section, the key and what is wrong.
 """
 
+import re
+import socket
 import tomllib
 from typing import Any
 
@@ -21,6 +23,10 @@ DEFAULT_LISTEN = {
 }
 
 
+#: a node name is part of file names in the shared spool
+_NODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 class ConfigError(ValueError):
     """``postroom.toml`` is missing, unreadable or has a bad value."""
 
@@ -34,6 +40,14 @@ class GatewaySection:
     hostname: str = "localhost"
     #: our /as2 as partners reach it (for async MDNs to our pushes); empty: https://HOSTNAME:PORT/as2
     as2_url: str = ""
+    #: this daemon's name among those sharing one database and spool (its delivery claims and staging
+    #: files are released and cleaned at its start, and only its own); empty: the machine's host name
+    node: str = ""
+
+    @property
+    def node_name(self) -> str:
+        """``node``, or the host name when it is empty."""
+        return self.node or socket.gethostname()
 
 
 @attrs.frozen
@@ -214,6 +228,9 @@ def parse(data: dict, home: Home, source: str = "postroom.toml") -> Config:
             values[key] = _check_type(f"{source}: [{name}]", key, raw, expected)
         sections[name] = cls(**values)
     config = Config(home=home, **sections)
+    if config.gateway.node and not _NODE.fullmatch(config.gateway.node):
+        raise ConfigError(f"{source}: [gateway] node must be 1-64 letters, digits, '.', '_' or '-', "
+                          f"not {config.gateway.node!r}")
     if config.directory.reload_seconds <= 0:
         raise ConfigError(f"{source}: [directory] reload_seconds must be positive")
     return config

@@ -1,5 +1,6 @@
 """Tests for :mod:`gateway.config`: defaults, strict keys, types, and path anchoring."""
 
+import socket
 import tomllib
 
 import pytest
@@ -26,6 +27,8 @@ def test_rendered_default_parses_to_the_defaults(tmp_path):
         ({"portal": {"allow_ips": "10.0.0.0/8"}}, "allow_ips must be a list of strings"),
         ({"directory": {"reload_seconds": 0}}, "reload_seconds must be positive"),
         ({"gateway": "x"}, "[gateway] must be a table"),
+        ({"gateway": {"node": "a/b"}}, "[gateway] node must be 1-64 letters"),
+        ({"gateway": {"node": "x" * 65}}, "[gateway] node must be 1-64 letters"),
     ],
 )
 def test_bad_values_name_section_key_and_problem(tmp_path, doc, message):
@@ -33,6 +36,12 @@ def test_bad_values_name_section_key_and_problem(tmp_path, doc, message):
     with pytest.raises(ConfigError) as e:
         parse(doc, Home(tmp_path))
     assert message in str(e.value)
+
+
+def test_node_defaults_to_the_host_name(tmp_path):
+    """Daemons sharing a database and spool are told apart by node; one per machine needs no setting."""
+    assert parse({}, Home(tmp_path)).gateway.node_name == socket.gethostname()
+    assert parse({"gateway": {"node": "gw-2.a"}}, Home(tmp_path)).gateway.node_name == "gw-2.a"
 
 
 def test_relative_sqlite_path_is_anchored_at_home(tmp_path):
