@@ -7,6 +7,8 @@ timeout so the CLI and the daemon can share the file. PostgreSQL (``postgresql+p
 scale-out backend and needs none of this.
 """
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import sqlalchemy
@@ -48,13 +50,71 @@ def _configure_sqlite(dbapi_connection, _record) -> None:
 READ_ONLY = "postroom_read_only"
 
 
-def _begin_sqlite(conn) -> None:
-    # A deferred transaction that read a snapshot cannot upgrade to writing once another connection
-    # has committed: SQLite answers "database is locked" at once, busy_timeout does not help. Every
-    # transaction that may write therefore takes the write lock up front (waiting up to busy_timeout);
-    # readers that say so (``reading``) keep WAL's concurrent, lock-free snapshots.
-    read_only = conn.get_execution_options().get(READ_ONLY, False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+#: Seconds a writer waits for another writer of the same process, as ``busy_timeout`` does across processes.
+WRITER_WAIT = 15.0
+
+
+def _raw(connection):
+    """The DBAPI connection behind a pool proxy (SQLAlchemy hands either to the dialect)."""
+    return getattr(connection, "dbapi_connection", connection)
+
+
+class _OneWriter:
+    """One writing transaction at a time per engine, handed over in the order they asked.
+
+    SQLite has one write lock per file, and a writer that finds it taken sleeps and polls (1, 2, 5, 10 …
+    up to 100 ms at a time) instead of being woken when it is free. Under load that sleeping, not the
+    work, was most of a commit's time (the intake's commit writer against the delivery worker). Inside
+    one process the writers therefore queue on this lock, which wakes the next one as soon as the
+    previous one commits or rolls back; ``busy_timeout`` still covers other processes (the CLI).
+    """
+
+    def __init__(self, engine: Engine):
+        self._lock = threading.Lock()
+        self._holder = None
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(connection) -> None:
+            try:
+                commit(connection)
+            finally:
+                self.release(connection)
+
+        def do_rollback(connection) -> None:  # also how the pool resets a connection given back mid-transaction
+            try:
+                rollback(connection)
+            finally:
+                self.release(connection)
+
+        dialect.do_commit, dialect.do_rollback = do_commit, do_rollback
+        event.listen(engine, "begin", self.begin)
+        # a connection dropped as broken may be closed without a rollback
+        event.listen(engine, "invalidate", lambda connection, _record, _error: self.release(connection))
+
+    def begin(self, conn) -> None:
+        # A deferred transaction that read a snapshot cannot upgrade to writing once another connection
+        # has committed: SQLite answers "database is locked" at once, busy_timeout does not help. Every
+        # transaction that may write therefore takes the write lock up front (waiting up to busy_timeout);
+        # readers that say so (``reading``) keep WAL's concurrent, lock-free snapshots.
+        if conn.get_execution_options().get(READ_ONLY, False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        if not self._lock.acquire(timeout=WRITER_WAIT):
+            raise sqlalchemy.exc.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
+                f"database is locked: another writer in this process held it for {WRITER_WAIT:.0f} s"))
+        self._holder = _raw(conn.connection)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self.release(conn.connection)
+            raise
+
+    def release(self, connection) -> None:
+        """Let the next writer in, if ``connection`` is the one writing."""
+        if self._holder is not None and self._holder is _raw(connection):
+            self._holder = None
+            self._lock.release()
 
 
 def reading(engine: Engine):
@@ -70,7 +130,7 @@ def create_engine(url: str) -> Engine:
         raise DatabaseError(f"cannot use database_url {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "begin", _begin_sqlite)
+        _OneWriter(engine)
     return engine
 
 

@@ -1,5 +1,6 @@
 """Tests for :mod:`spool.database`: durable SQLite settings, engine creation and migrations."""
 
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -196,7 +197,7 @@ def test_postgresql_engine_is_created_without_connecting():
         assert engine.dialect.name == "postgresql"
         assert engine.dialect.driver == "psycopg"
         assert not sqlalchemy.event.contains(engine, "connect", database._configure_sqlite)
-        assert not sqlalchemy.event.contains(engine, "begin", database._begin_sqlite)
+        assert "do_commit" not in vars(engine.dialect)  # no in-process writer queue: PostgreSQL locks rows
     finally:
         engine.dispose()
 
@@ -205,3 +206,78 @@ def test_sqlite_url_is_absolute(tmp_path, monkeypatch):
     """sqlite_url resolves a relative path so the daemon and the CLI open the same file."""
     monkeypatch.chdir(tmp_path)
     assert database.sqlite_url("postroom.db") == f"sqlite:///{tmp_path.resolve() / 'postroom.db'}"
+
+
+@pytest.fixture
+def impatient(blank, monkeypatch):
+    """The blank SQLite engine, with a writer giving up after 0.3 s instead of 15 when another one of this
+    process holds the write lock: a lock that was never handed back fails the next writer at once."""
+    monkeypatch.setattr(database, "WRITER_WAIT", 0.3)
+    return blank
+
+
+def _write(engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+
+def test_writers_of_one_process_queue_for_the_write_lock(impatient):
+    """A second writer waits for the first (here: too long, and says why), then gets its turn after the commit."""
+    first = impatient.connect()
+    first.begin()
+    first.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="another writer in this process"):
+        _write(impatient)
+    first.commit()
+    _write(impatient)
+    first.close()
+
+
+def test_a_waiting_writer_is_woken_by_the_commit(blank):
+    """The waiting writer proceeds once the holder commits, and its write follows the holder's."""
+    first = blank.connect()
+    first.begin()
+    first.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (_write(blank), done.set()))
+    writer.start()
+    assert not done.wait(0.2)  # queued behind the open transaction
+    first.commit()
+    writer.join(10)
+    assert done.is_set()
+    with blank.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 1
+    first.close()
+
+
+@pytest.mark.parametrize("ending", ["rollback", "error", "close", "invalidate"])
+def test_every_end_of_a_write_hands_the_lock_on(impatient, ending):
+    """Rolled back, failed, closed or invalidated mid-transaction: the next writer is not kept waiting."""
+    conn = impatient.connect()
+    conn.begin()
+    conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    if ending == "rollback":
+        conn.rollback()
+    elif ending == "error":
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            conn.exec_driver_sql("INSERT INTO nowhere VALUES (1)")
+        conn.rollback()
+    elif ending == "close":
+        conn.close()
+    else:
+        conn.invalidate()
+    _write(impatient)
+    conn.close()
+
+
+def test_readers_never_wait_for_the_writer(impatient):
+    """``reading`` connections keep WAL's snapshots: they neither take nor wait for the write lock."""
+    _write(impatient)
+    writer = impatient.connect()
+    writer.begin()
+    writer.exec_driver_sql("INSERT INTO t VALUES (2)")
+    with database.reading(impatient) as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 1
+    writer.commit()
+    writer.close()
