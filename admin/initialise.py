@@ -15,7 +15,8 @@ import attrs
 
 from certs.devca import DevCA
 from certs.files import write_atomically
-from certs.ssh import generate_keypair
+from certs.ssh import generate_keypair, parse_public_key
+from certs.x509 import load_certificate
 from gateway.config import GatewaySection, ListenSection, StorageSection, parse, render_default
 from gateway.home import Home
 from partners.networks import parse_network
@@ -119,24 +120,35 @@ def _create(home: Home, *, demo: bool, hostname: str, as2_id: str, name: str, li
     return lines
 
 
-def _demo(home: Home, ca: DevCA, engine, actor: str) -> list[str]:
+def register_demo_partners(home: Home, engine, actor: str = "cli") -> None:
+    """Register the demo partners from their files under ``HOME/demo`` (certificates, SSH key) in ``engine``'s
+    database: what ``init --demo`` does after issuing them, and how a second database (several nodes, a
+    benchmark) gets the very same partners."""
     now = datetime.now(UTC)
-    lines = ["", "Demo partners (allowlisted for 127.0.0.0/8):"]
     for p in DEMO_PARTNERS:
         folder = home.demo / p.id
-        tls = ca.issue(f"{p.id}-tls", "tls-client", folder)
-        sign = ca.issue(f"{p.id}-sign", "sign", folder, emails=[p.email])
-        encrypt = ca.issue(f"{p.id}-encrypt", "encrypt", folder, emails=[p.email])
-        ssh_key = generate_keypair(folder / "id_ed25519", f"{p.id}@demo", "ed25519")
+        files = {usage: folder / f"{p.id}-{usage}.crt" for usage in ("tls", "sign", "encrypt")}
+        certificates = tuple((usage, load_certificate(path.read_bytes(), str(path))) for usage, path in files.items())
+        ssh_key = parse_public_key((folder / "id_ed25519.pub").read_text(), str(folder / "id_ed25519.pub"))
         with engine.begin() as conn:
             add_partner(conn, NewPartner(
                 id=p.id, name=p.name, as2_ids=(p.as2_id,), participant_ids=p.participant_ids,
                 emails=(p.email,), networks=(parse_network("127.0.0.0/8"),),
-                certificates=(("tls", tls.certificate), ("sign", sign.certificate), ("encrypt", encrypt.certificate)),
-                ssh_keys=(ssh_key,),
+                certificates=certificates, ssh_keys=(ssh_key,),
             ), now)
             audit.append(conn, actor, "partner.added", now, details={"partner": p.id, "name": p.name, "demo": True})
+
+
+def _demo(home: Home, ca: DevCA, engine, actor: str) -> list[str]:
+    lines = ["", "Demo partners (allowlisted for 127.0.0.0/8):"]
+    for p in DEMO_PARTNERS:
+        folder = home.demo / p.id
+        for usage in ("tls", "sign", "encrypt"):
+            ca.issue(f"{p.id}-{usage}", "tls-client" if usage == "tls" else usage, folder,
+                     **({} if usage == "tls" else {"emails": [p.email]}))
+        generate_keypair(folder / "id_ed25519", f"{p.id}@demo", "ed25519")
         lines.append(f"  {p.id:<7} AS2 ID {p.as2_id}, keys in {folder}")
+    register_demo_partners(home, engine, actor)
     acme = home.demo / "acme"
     lines += [
         "",

@@ -7,14 +7,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from admin.initialise import DEMO_PARTNERS, HomeError, initialise
+from admin.initialise import DEMO_PARTNERS, HomeError, initialise, register_demo_partners
 from certs import x509 as certs_x509
 from certs.devca import DevCA
 from certs.ssh import parse_public_key
 from gateway.config import ListenSection, load
 from gateway.home import Home
 from partners import store
-from spool.database import check_current, create_engine
+from spool.database import check_current, create_engine, upgrade
 
 HOSTNAME = "gateway.example"
 EPHEMERAL = ListenSection(**{k: "tcp:0:interface=127.0.0.1" for k in ("as2", "portal", "sftp", "smtp", "metrics")})
@@ -191,3 +191,30 @@ def test_leftovers_without_a_config_are_not_silently_reused(tmp_path):
         initialise(home, key_bits=2048)
     initialise(home, key_bits=2048, force=True)
     assert home.config_file.exists()
+
+
+def test_demo_partners_register_again_in_another_database(home, tmp_path):
+    """A second database (another node's, a benchmark's) gets the very partners whose files the home holds."""
+    def partners(url: str) -> list[dict]:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return [store.show_partner(conn, p.id) for p in DEMO_PARTNERS]
+        finally:
+            engine.dispose()
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    engine = create_engine(other)
+    try:
+        upgrade(engine)
+        register_demo_partners(home, engine)
+    finally:
+        engine.dispose()
+    first, second = partners(load(home).database_url), partners(other)
+    for shown in (first, second):
+        for partner in shown:
+            for volatile in ("created_at", "updated_at"):
+                partner.pop(volatile, None)
+            for cert in partner["certificates"]:
+                cert.pop("id", None)
+    assert second == first
