@@ -148,11 +148,12 @@ class PostroomService(MultiService):
             self.mail = MailCourier(self.db, reactor, self._now, relay, mail_identity, self.directory.get,
                                     ready=self.recovery.when_done, max_attempts=config.delivery.max_attempts,
                                     backoff=config.delivery.backoff)
+        on_filed = MailPlanner(mail_identity, self.directory.get).filed if self.mail is not None else None
+        after_filing = self.mail.wake if self.mail is not None else lambda: None
         self.delivery = DeliveryService(
             self.db, reactor, self._now, self.directory.get, push_targets, ready=self.recovery.when_done,
             max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff, worker=node,
-            on_filed=MailPlanner(mail_identity, self.directory.get).filed if self.mail is not None else None,
-            after_filing=self.mail.wake if self.mail is not None else lambda: None)
+            on_filed=on_filed, after_filing=after_filing)
         self.delivery.setServiceParent(self)
         if self.mail is not None:
             self.mail.setServiceParent(self)
@@ -165,7 +166,8 @@ class PostroomService(MultiService):
             ready=self.recovery.when_done, max_attempts=config.delivery.max_attempts, backoff=config.delivery.backoff)
         self.courier.setServiceParent(self)
         self.intake = Intake(self.blobs, self.io.run, self.cpu.run, self.committer.commit, self.directory.get,
-                             self.signer, self._now, on_accepted=self.delivery.wake_soon, pushable=pushable)
+                             self.signer, self._now, on_accepted=self.delivery.wake_soon, pushable=pushable,
+                             on_filed=on_filed, after_filing=after_filing)
         self.listeners = ListenerService(
             reactor, self._doors(config, reactor, identity), home.ports_file, self.recovery.when_done, on_fatal
         )

@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.gateway.test_delivery -*-
 """Delivery workers: claim due deliveries, hand them to their target, record the outcome.
 
-``mailbox`` deliveries are local: filing the item and completing the delivery happen in one
-transaction, so a crash can repeat the attempt but never file a message twice (and the mailbox's
-unique key would refuse it anyway). Push targets (AS2, SFTP, email — registered by their door
-issues through :class:`PushTarget`) run outside any transaction; a crash after a push and before
-recording it repeats the push with the same Message-ID, which receivers deduplicate.
+``mailbox`` deliveries are local, and the intake files new documents itself in the transaction that
+accepts them (D36); what reaches a worker was planned later (recovery, an operator's retry). Filing
+the item and completing the delivery happen in one transaction, so a crash can repeat the attempt but
+never file a message twice (and the mailbox's unique key would refuse it anyway). Push targets (AS2,
+SFTP, email — registered by their door issues through :class:`PushTarget`) run outside any
+transaction; a crash after a push and before recording it repeats the push with the same Message-ID,
+which receivers deduplicate.
 
 Failed attempts wait ``backoff * 2^(attempt-1)`` seconds (capped at six hours), with "equal jitter"
 (half fixed, half random) so a burst of failures does not come back in lockstep; after
@@ -19,11 +21,12 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gateway.database_service import DatabaseService
+from gateway.filing import ACTOR, OnFiled, file_in_mailbox
 from gateway.rounds import RoundsService
 from partners.directory import Partner, PartnerDirectory
 from protocols.envelope import DeliveryFailed, Pushed
@@ -31,7 +34,6 @@ from spool import audit, crashpoints, records
 from spool.database import reading
 from spool.records import Delivery, Message
 
-ACTOR = "gateway"
 _log = Logger()
 
 
@@ -50,36 +52,20 @@ def thd_claim(engine: Engine, now: datetime, worker: str, limit: int, lease: tim
 
 
 def thd_file_in_mailboxes(engine: Engine, batch: list[Delivery], worker: str, now: datetime,
-                          on_filed: Callable[[Connection, str, str, datetime], None] | None = None) -> int:
+                          on_filed: OnFiled | None = None) -> int:
     """File each claimed mailbox delivery and complete it, all in one transaction; how many were filed.
 
-    ``on_filed(conn, message_id, recipient_id, now)`` runs in that transaction for each newly filed item
-    (the mail planner queues the recipient's notification there, so it is never lost nor doubled)."""
+    The intake files new documents itself; what comes here was planned later (recovery re-routing a
+    message recorded without deliveries, an operator's retry)."""
     filed = 0
     with engine.begin() as conn:
         for delivery in batch:
             # the claim first: a worker whose lease ran out files nothing (the new holder does)
             if records.complete(conn, delivery, worker, now):
-                new = records.put_in_mailbox(conn, delivery.message_id, delivery.recipient_id, now)
-                filed += new
-                audit.append(conn, ACTOR, "delivery.done", now, message_id=delivery.message_id, details={
-                    "delivery": delivery.id, "target": "mailbox", "recipient": delivery.recipient_id})
-                if new and on_filed is not None:
-                    _notify(conn, on_filed, delivery, now)
+                filed += file_in_mailbox(conn, delivery.id, delivery.message_id, delivery.recipient_id, now,
+                                         on_filed)
         crashpoints.reached("after-deliver")
     return filed
-
-
-def _notify(conn: Connection, on_filed: Callable, delivery: Delivery, now: datetime) -> None:
-    """Run ``on_filed`` in a savepoint: a mail that cannot be composed must never undo or block the filing."""
-    try:
-        with conn.begin_nested():
-            on_filed(conn, delivery.message_id, delivery.recipient_id, now)
-    except Exception as e:
-        _log.warn("cannot queue the mail about message {id} for {recipient}: {error}", id=delivery.message_id,
-                  recipient=delivery.recipient_id, error=e)
-        audit.append(conn, ACTOR, "mail.failed", now, message_id=delivery.message_id, details={
-            "kind": "notification", "partner": delivery.recipient_id, "error": str(e)[:500]})
 
 
 def thd_record_push(engine: Engine, delivery: Delivery, worker: str, now: datetime, error: str | None,
@@ -161,7 +147,7 @@ class DeliveryService(RoundsService):
                  max_attempts: int, backoff: float, interval: float = 5.0, batch: int = 64,
                  lease: timedelta = timedelta(minutes=10), worker: str | None = None,
                  rng: random.Random | None = None,
-                 on_filed: Callable[[Connection, str, str, datetime], None] | None = None,
+                 on_filed: OnFiled | None = None,
                  after_filing: Callable[[], None] = lambda: None):
         super().__init__(clock, interval, ready, now=now, max_attempts=max_attempts, backoff=backoff, rng=rng)
         self.worker = worker or socket.gethostname()

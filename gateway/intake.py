@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from gateway.filing import OnFiled, file_in_mailbox
 from gateway.receipts import ReceiptSigner
 from gateway.router import RouteRefused, route
 from partners.directory import PartnerDirectory
@@ -205,8 +206,9 @@ def _earlier(conn: Connection, message: Message) -> Message | None:
 
 
 def thd_record_acceptance(conn: Connection, envelope: Envelope, examined: _Examined, signer: ReceiptSigner,
-                          now: datetime) -> Decision:
-    """Duplicate checks, then the message, its deliveries, its receipt and the audit event."""
+                          now: datetime, on_filed: OnFiled | None = None) -> Decision:
+    """Duplicate checks, then the message, its deliveries, its receipt and the audit event; the document is
+    filed in the recipient's mailbox right here, so what is accepted is visible at once (D36)."""
     message = examined.message
     try:
         earlier = _earlier(conn, message)
@@ -232,12 +234,15 @@ def thd_record_acceptance(conn: Connection, envelope: Envelope, examined: _Exami
                  f"(your message ID {earlier.external_id or '-'}); nothing new was created.")
         records.insert_receipt(conn, receipt)
         return Decision("duplicate", receipt, message_id=earlier.id)
-    records.insert_message(conn, message, examined.targets)
+    delivery_ids = records.insert_message(conn, message, examined.targets, filed=True)
     records.insert_receipt(conn, examined.receipt)
     audit.append(conn, _actor(envelope), "message.accepted", now, message_id=message.id, details={
         "channel": message.channel, "recipient": message.recipient_id, "route": message.route,
         "sha256": message.sha256, "size": message.size, "kind": message.kind, "number": message.number,
         "external_id": message.external_id, "deliveries": [t for _, t in examined.targets]})
+    for delivery_id, (recipient_id, target) in zip(delivery_ids, examined.targets, strict=True):
+        if target == "mailbox":
+            file_in_mailbox(conn, delivery_id, message.id, recipient_id, now, on_filed)
     return Decision("accepted", examined.receipt, message_id=message.id)
 
 
@@ -252,13 +257,19 @@ class Intake:
     :param run_cpu: ``run_cpu(fn, *args) -> Deferred`` on a pool sized for the cores.
     :param commit: :meth:`gateway.committer.GroupCommitter.commit`.
     :param directory: returns the current partner directory snapshot.
-    :param on_accepted: called (on the reactor) after each newly accepted message, e.g. to wake delivery.
+    :param on_accepted: called (on the reactor) after each newly accepted message that still has pushes to
+        make, e.g. to wake delivery.
+    :param on_filed: runs in the accepting transaction for each mailbox the document is filed in (see
+        :mod:`gateway.filing`).
+    :param after_filing: called (on the reactor) after a commit that filed a document, e.g. to wake the mail
+        courier for the notification ``on_filed`` queued.
     """
 
     def __init__(self, store: BlobStore, run_io: Callable[..., Deferred], run_cpu: Callable[..., Deferred],
                  commit: Callable[..., Deferred], directory: Callable[[], PartnerDirectory], signer: ReceiptSigner,
                  clock: Callable[[], datetime], on_accepted: Callable[[], None] = lambda: None,
-                 pushable: frozenset[str] | None = None):
+                 pushable: frozenset[str] | None = None, on_filed: OnFiled | None = None,
+                 after_filing: Callable[[], None] = lambda: None):
         self._store = store
         self._run_io = run_io
         self._run_cpu = run_cpu
@@ -268,6 +279,8 @@ class Intake:
         self._clock = clock
         self._on_accepted = on_accepted
         self._pushable = pushable
+        self._on_filed = on_filed
+        self._after_filing = after_filing
 
     def accept(self, envelope: Envelope, payload: bytes | IO[bytes] | StagedBlob) -> Deferred:
         """Take one payload; fires with a :class:`Decision`, or fails with :class:`IntakeUnavailable`."""
@@ -313,7 +326,7 @@ class Intake:
             if isinstance(examined, _Refused):
                 return await self._reject(envelope, examined.findings, staged, staged.size, now)
             decision = await self._durably(
-                [staged], thd_record_acceptance, envelope, examined, self._signer, now)
+                [staged], thd_record_acceptance, envelope, examined, self._signer, now, self._on_filed)
         except BaseException:
             # published or not, a staged file left behind is removed here (a published blob's temporary
             # name is gone already; discarding is then a no-op); what cannot be removed now, recovery does
@@ -321,7 +334,11 @@ class Intake:
                 await self._run_io(self._store.discard, staged)
             raise
         if decision.outcome == "accepted":
-            self._on_accepted()
+            targets = {target for _, target in examined.targets}
+            if "mailbox" in targets:
+                self._after_filing()
+            if targets - {"mailbox"}:
+                self._on_accepted()
         return decision
 
     async def _reject(self, envelope: Envelope, findings: Iterable[Finding], staged: StagedBlob | None, size: int,

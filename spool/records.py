@@ -130,19 +130,29 @@ class MailboxItem:
 # Messages
 # ---------------------------------------------------------------------------------------------------------------
 
-def insert_message(conn: Connection, message: Message, targets: Iterable[tuple[str, str]]) -> list[int]:
+def insert_message(conn: Connection, message: Message, targets: Iterable[tuple[str, str]], *,
+                   filed: bool = False) -> list[int]:
     """Record an accepted message and its planned deliveries (``(recipient_id, target)`` pairs), due now.
 
-    :returns: the new delivery IDs.
+    ``filed``: the caller files the ``mailbox`` deliveries in this very transaction (the intake does), so
+    they are recorded ``done`` after one attempt, and the message ``delivered`` when nothing else is left.
+
+    :returns: the new delivery IDs, in the order of ``targets``.
     :raises sqlalchemy.exc.IntegrityError: the sender already used this external ID (a duplicate that
         raced past :func:`find_duplicate`); run it in a savepoint to keep the rest of a batch.
     """
-    conn.execute(_INSERT_MESSAGE, attrs.asdict(message))
+    targets = list(targets)
+    states = ["done" if filed and target == "mailbox" else "pending" for _, target in targets]
+    row = attrs.asdict(message)
+    if targets:
+        row["state"] = settled_state(set(states))
+    conn.execute(_INSERT_MESSAGE, row)
     ids = []
-    for recipient_id, target in targets:
+    for (recipient_id, target), state in zip(targets, states, strict=True):
         ids.append(conn.execute(_INSERT_DELIVERY, {
-            "message_id": message.id, "recipient_id": recipient_id, "target": target, "state": "pending",
-            "attempts": 0, "next_attempt_at": message.received_at, "updated_at": message.received_at,
+            "message_id": message.id, "recipient_id": recipient_id, "target": target, "state": state,
+            "attempts": int(state == "done"), "next_attempt_at": message.received_at,
+            "updated_at": message.received_at,
         }).inserted_primary_key[0])
     return ids
 

@@ -41,14 +41,19 @@ class Daemon:
         self.ports: dict[str, int] = {}
         self.log = home.path / "serve.log"
 
-    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> "Daemon":
-        """Start (with extra environment variables, if given) and wait until every door listens."""
+    def launch(self, env: dict[str, str] | None = None) -> "Daemon":
+        """Start (with extra environment variables, if given) without waiting for anything."""
         self.home.ports_file.unlink(missing_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [POSTROOM, "--home", str(self.home.path), "serve"], stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
+        return self
+
+    def start(self, timeout: float = 30, env: dict[str, str] | None = None) -> "Daemon":
+        """Start (with extra environment variables, if given) and wait until every door listens."""
+        self.launch(env)
         deadline = time.monotonic() + timeout
         while not self.home.ports_file.exists():
             if self.process.poll() is not None:

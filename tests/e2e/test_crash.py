@@ -8,9 +8,14 @@ After each crash the daemon is restarted normally and the durability invariants 
   gets the original receipt;
 * deliveries resume, and a message is never filed twice in a mailbox;
 * the audit chain is intact and ``tmp/`` is empty.
+
+The intake files a document in the transaction that accepts it, so the delivery worker's crash points
+(``after-claim``, ``after-deliver``) are reached by a mailbox delivery planned later: recovery re-routes a
+message whose deliveries were removed by hand, and the worker files it.
 """
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from spool.crashpoints import STEPS
 from tests.e2e.daemon import Daemon
@@ -18,12 +23,13 @@ from tests.e2e.https import invoice, post_document, query
 from tests.e2e.test_mtls_door import wait_until
 
 BEFORE_COMMIT = ("after-stage", "after-publish", "before-commit")
-AFTER_COMMIT = ("after-commit", "after-claim", "after-deliver")
+AFTER_COMMIT = ("after-commit",)
+IN_DELIVERY = ("after-claim", "after-deliver")
 
 
 def test_every_crash_point_is_exercised():
-    """The two lists below cover exactly the crash points the code has."""
-    assert sorted(BEFORE_COMMIT + AFTER_COMMIT) == sorted(STEPS)
+    """The three lists below cover exactly the crash points the code has."""
+    assert sorted(BEFORE_COMMIT + AFTER_COMMIT + IN_DELIVERY) == sorted(STEPS)
 
 
 def _crash_then_restart(home, tmp_path, step):
@@ -62,6 +68,35 @@ def test_crash_after_commit_keeps_the_message_and_delivers_it_once(home, tmp_pat
         retry = post_document(daemon, invoice("CRASH-1"), tmp_path, key="crash-1")
         assert retry.status == 200 and retry.json()["outcome"] == "duplicate"
         assert retry.json()["message"] == message_id
+        _check_invariants(daemon)
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("step", IN_DELIVERY)
+def test_crash_in_a_delivery_round_files_the_message_once(home, tmp_path, step):
+    """A re-routed message's mailbox delivery: the worker crashes while filing it; after the restart it is
+    filed exactly once and no claim is left."""
+    daemon = Daemon(home).start()
+    try:
+        assert post_document(daemon, invoice("CRASH-2"), tmp_path, key="crash-2").status == 201
+    finally:
+        assert daemon.stop() == 0
+    engine = create_engine(f"sqlite:///{home.path / 'postroom.db'}")
+    try:
+        with engine.begin() as conn:  # the deliveries removed by hand: recovery plans them again at start
+            conn.execute(text("DELETE FROM mailbox_items"))
+            conn.execute(text("DELETE FROM deliveries"))
+            conn.execute(text("UPDATE messages SET state = 'accepted'"))
+    finally:
+        engine.dispose()
+    crashing = Daemon(home).launch(env={"POSTROOM_CRASH_AT": step})  # it may crash before it listens
+    try:
+        assert crashing.process.wait(20) == 137, f"the daemon did not crash at {step}"
+    finally:
+        crashing.stop()
+    daemon = Daemon(home).start()
+    try:
         _check_invariants(daemon)
     finally:
         assert daemon.stop() == 0

@@ -27,7 +27,7 @@ from partners.policy import Policy
 from protocols.envelope import Envelope, IntakeUnavailable
 from spool.blobs import BlobStore
 from spool.database import create_engine
-from spool.schema import messages, quarantine
+from spool.schema import audit_log, deliveries, mailbox_items, messages, quarantine
 from tests.spool.test_blobs import FailingFileSystem
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "invoices"
@@ -193,3 +193,61 @@ async def test_a_stopped_pool_refuses_work_instead_of_never_answering(gateway):
     gateway.cpu.stopService()
     with pytest.raises(PoolStopped):
         await gateway.cpu.run(len, b"x")
+
+
+def _intake_with_hooks(gateway, calls: list, pushable=None) -> Intake:
+    """The gateway's intake, with every hook recording what it was called with (on_filed inside the transaction)."""
+    def on_filed(conn, message_id, recipient_id, now):
+        filed = conn.execute(select(mailbox_items.c.recipient_id).where(mailbox_items.c.message_id == message_id))
+        calls.append(("on_filed", recipient_id, [r for (r,) in filed]))  # the item is there, in this transaction
+
+    return Intake(gateway.store, gateway.io.run, gateway.cpu.run, gateway.committer.commit, lambda: gateway.directory,
+                  gateway.intake._signer, lambda: datetime.now(UTC), pushable=pushable, on_filed=on_filed,
+                  on_accepted=lambda: calls.append(("on_accepted",)), after_filing=lambda: calls.append(("filed",)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_accepted_document_is_filed_in_the_same_transaction(gateway):
+    """No delivery round between acceptance and the mailbox: the item, the done delivery, the notification hook
+    and the audit events are committed with the message; nothing wakes the delivery worker."""
+    calls: list = []
+    intake = _intake_with_hooks(gateway, calls)
+    decision = await intake.accept(Envelope(gateway.directory.get("acme"), "https"), BASE)
+    assert decision.outcome == "accepted"
+    with gateway.engine.connect() as conn:
+        assert conn.execute(select(messages.c.state)).scalar_one() == "delivered"
+        assert conn.execute(select(deliveries.c.target, deliveries.c.state, deliveries.c.attempts)).all() == [
+            ("mailbox", "done", 1)]
+        assert conn.execute(select(mailbox_items.c.recipient_id, mailbox_items.c.state)).all() == [("globex", "new")]
+        events = [e for (e,) in conn.execute(select(audit_log.c.event).order_by(audit_log.c.seq))]
+    assert events[-2:] == ["message.accepted", "delivery.done"]
+    assert calls == [("on_filed", "globex", ["globex"]), ("filed",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_is_left_to_the_delivery_worker(gateway):
+    """A recipient that asked for push gets its mailbox item at once and a pending push, and delivery is woken."""
+    gateway.partner("globex", deliver="sftp")
+    calls: list = []
+    intake = _intake_with_hooks(gateway, calls, pushable=frozenset({"sftp"}))
+    decision = await intake.accept(Envelope(gateway.directory.get("acme"), "https"), BASE)
+    assert decision.outcome == "accepted"
+    with gateway.engine.connect() as conn:
+        assert conn.execute(select(messages.c.state)).scalar_one() == "accepted"
+        assert sorted(conn.execute(select(deliveries.c.target, deliveries.c.state))) == [
+            ("mailbox", "done"), ("sftp", "pending")]
+    assert gateway.count(mailbox_items) == 1
+    assert calls == [("on_filed", "globex", ["globex"]), ("filed",), ("on_accepted",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_duplicate_is_not_filed_again(gateway):
+    """The same document twice: one mailbox item, one notification."""
+    calls: list = []
+    intake = _intake_with_hooks(gateway, calls)
+    acme = gateway.directory.get("acme")
+    first = await intake.accept(Envelope(acme, "https", external_id="one"), BASE)
+    again = await intake.accept(Envelope(acme, "https", external_id="one"), BASE)
+    assert (first.outcome, again.outcome) == ("accepted", "duplicate")
+    assert gateway.count(mailbox_items) == 1
+    assert [c[0] for c in calls] == ["on_filed", "filed"]
