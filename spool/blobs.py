@@ -337,8 +337,9 @@ class BlobStore:
             self._fs.unlink(staged.path)
 
     def _sync_directories(self, directories: Iterable[Path]) -> None:
-        """Fsync each directory once, all together (deepest first where the filesystem goes one by one)."""
-        self._fs.fsync_dirs(sorted(set(directories), key=lambda d: (-len(d.parts), d)))
+        """Fsync each directory once, deepest first (a child's entries before its name in the parent)."""
+        for directory in sorted(set(directories), key=lambda d: (-len(d.parts), d)):
+            self._fs.fsync_dir(directory)
 
     def path(self, sha: str) -> Path:
         """The final path of blob ``sha`` (whether or not it exists).

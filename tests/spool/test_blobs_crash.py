@@ -129,12 +129,6 @@ class SimulatedFileSystem:
             raise FileNotFoundError(key)
         self.durable[key] = dict(self.volatile[key])
 
-    def fsync_dirs(self, paths) -> None:
-        """The real ones run at once and may finish in any order; this one goes shallowest first, the order the
-        one-by-one path never takes, so a crash can leave a parent synced and its child not."""
-        for path in reversed(list(paths)):
-            self.fsync_dir(path)
-
     def unlink(self, path: Path) -> None:
         """Remove a file's entry (volatile only)."""
         self._call("unlink")
