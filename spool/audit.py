@@ -8,6 +8,12 @@ serialises concurrent appenders on PostgreSQL, and the write lock does the same 
 chain never forks. Rows are written in the caller's transaction: an event is recorded exactly when
 the change it describes is committed.
 
+A transaction that records many changes (the intake's group commit) wraps them in :func:`batched`:
+its events are held back and written together at the end, three statements for the whole batch
+instead of three per event, and the head row is locked only for those last statements and the
+commit, so writers on other nodes wait for the chain that long and no longer. An event appended in
+a savepoint that is rolled back is dropped with it.
+
 What it cannot detect alone: someone with write access who truncates the tail and rewinds the head
 consistently. Operators close that gap by keeping the head hash that ``postroom audit verify``
 prints somewhere the database's writers cannot reach.
@@ -15,11 +21,13 @@ prints somewhere the database's writers cannot reach.
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import attrs
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.engine import Connection
 
 from spool.schema import audit_head, audit_log
@@ -67,27 +75,78 @@ def _digest(seq: int, at: datetime, actor: str, event: str, message_id: str | No
 
 
 # Built once: the hot path passes values at execute time, so SQLAlchemy reuses the compiled statement.
-_BUMP_HEAD = (update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1)
+_BUMP_HEAD = (update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + bindparam("count"))
               .returning(audit_head.c.seq, audit_head.c.hash))
 _INSERT_EVENT = insert(audit_log)
 _SET_HEAD_HASH = update(audit_head).where(audit_head.c.id == 1).values(hash=bindparam("head_hash"))
+#: Execution option naming the list a :func:`batched` block collects its events in.
+_PENDING = "postroom_audit_pending"
+
+_Pending = tuple[datetime, str, str, "str | None", dict[str, Any]]
 
 
 def append(conn: Connection, actor: str, event: str, now: datetime, *,
-           message_id: str | None = None, details: dict[str, Any] | None = None) -> Event:
-    """Append one event in the caller's transaction and return it.
+           message_id: str | None = None, details: dict[str, Any] | None = None) -> Event | None:
+    """Append one event in the caller's transaction and return it; inside :func:`batched` it is written at
+    the end of the block instead, and None is returned (its place in the chain is not known yet).
 
     :param actor: who did it, e.g. ``cli:alice``, ``partner:acme``, ``gateway``.
     :param event: a dotted name, e.g. ``partner.disabled``.
     :param details: JSON-serialisable facts; never secrets.
     """
-    details = json.loads(json.dumps(details or {}))  # exactly what the database will hand back
-    seq, prev = conn.execute(_BUMP_HEAD).one()
-    digest = _digest(seq, now, actor, event, message_id, details, prev)
-    conn.execute(_INSERT_EVENT, {"seq": seq, "at": now, "actor": actor, "event": event, "message_id": message_id,
-                                 "details": details, "prev_hash": prev, "hash": digest})
-    conn.execute(_SET_HEAD_HASH, {"head_hash": digest})
-    return Event(seq, now, actor, event, message_id, details, prev, digest)
+    item = (now, actor, event, message_id, json.loads(json.dumps(details or {})))  # what the database hands back
+    pending = conn.get_execution_options().get(_PENDING)
+    if pending is not None:
+        pending.append(item)
+        return None
+    return _write(conn, [item])[0]
+
+
+@contextmanager
+def batched(conn: Connection) -> Iterator[None]:
+    """Hold back the events appended on ``conn`` in this block and write them when it ends (call it inside
+    the transaction, so that they commit with it). Savepoints opened in the block keep their events only
+    if they are released."""
+    pending: list[_Pending] = []
+    marks: list[int] = []
+
+    def opened(_conn, _name) -> None:
+        marks.append(len(pending))
+
+    def released(_conn, _name, _context) -> None:
+        marks.pop()
+
+    def rolled_back(_conn, _name, _context) -> None:
+        del pending[marks.pop():]
+
+    listeners = (("savepoint", opened), ("release_savepoint", released), ("rollback_savepoint", rolled_back))
+    for name, fn in listeners:
+        event.listen(conn, name, fn)
+    conn.execution_options(**{_PENDING: pending})
+    try:
+        yield
+        _write(conn, pending)
+    finally:
+        conn.execution_options(**{_PENDING: None})
+        for name, fn in listeners:
+            event.remove(conn, name, fn)
+
+
+def _write(conn: Connection, items: list[_Pending]) -> list[Event]:
+    """Chain ``items`` after the head: one head update (it takes the head's row lock), one insert, one update."""
+    if not items:
+        return []
+    last, prev = conn.execute(_BUMP_HEAD, {"count": len(items)}).one()
+    written = []
+    for seq, (at, actor, name, message_id, details) in enumerate(items, start=last - len(items) + 1):
+        written.append(Event(seq, at, actor, name, message_id, details, prev,
+                             _digest(seq, at, actor, name, message_id, details, prev)))
+        prev = written[-1].hash
+    conn.execute(_INSERT_EVENT, [{"seq": e.seq, "at": e.at, "actor": e.actor, "event": e.event,
+                                  "message_id": e.message_id, "details": e.details, "prev_hash": e.prev_hash,
+                                  "hash": e.hash} for e in written])
+    conn.execute(_SET_HEAD_HASH, {"head_hash": prev})
+    return written
 
 
 def events(conn: Connection, *, after: int = 0, limit: int | None = None,

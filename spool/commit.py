@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 from sqlalchemy.engine import Connection, Engine
 
-from spool import crashpoints
+from spool import audit, crashpoints
 from spool.blobs import BlobStore, StagedBlob
 
 
@@ -48,16 +48,17 @@ def commit_batch(store: BlobStore, engine: Engine, works: Sequence[Work]) -> lis
     crashpoints.reached("after-publish")
     outcomes = []
     with engine.begin() as conn:
-        for work in works:
-            savepoint = conn.begin_nested()
-            try:
-                value = work.record(conn)
-            except Exception as e:  # one work's failure must not sink its batch-mates
-                savepoint.rollback()
-                outcomes.append(Outcome(error=e))
-            else:
-                savepoint.commit()
-                outcomes.append(Outcome(value=value))
+        with audit.batched(conn):  # the batch's events chained at the end: the head is locked only from there
+            for work in works:
+                savepoint = conn.begin_nested()
+                try:
+                    value = work.record(conn)
+                except Exception as e:  # one work's failure must not sink its batch-mates
+                    savepoint.rollback()
+                    outcomes.append(Outcome(error=e))
+                else:
+                    savepoint.commit()
+                    outcomes.append(Outcome(value=value))
         crashpoints.reached("before-commit")
     crashpoints.reached("after-commit")
     return outcomes

@@ -151,3 +151,48 @@ def test_events_filter_by_message_and_page(db):
         audit.append(conn, "gateway", "message.routed", T0, message_id="m1")
         assert [e.seq for e in audit.events(conn, message_id="m1")] == [1, 3]
         assert [e.seq for e in audit.events(conn, after=1, limit=1)] == [2]
+
+
+def test_a_batch_is_chained_at_its_end(db):
+    """Inside ``batched`` nothing is written until the block ends; then the events follow the head in order."""
+    fill(db, 2)
+    with db.begin() as conn:
+        with audit.batched(conn):
+            for i in range(3):
+                assert audit.append(conn, "gateway", "message.accepted", T0, message_id=f"m{i}") is None
+            assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar() == 2
+        assert [e.message_id for e in audit.events(conn, after=2)] == ["m0", "m1", "m2"]
+    fill(db, 1)
+    assert verdict(db) == audit.Verdict(True, 6, 6, verdict(db).head_hash)
+
+
+def test_a_rolled_back_savepoint_takes_its_events_with_it(db):
+    """One work of a batch fails in its savepoint: its events go, its neighbours' (nested ones too) stay."""
+    with db.begin() as conn:
+        with audit.batched(conn):
+            audit.append(conn, "gateway", "kept", T0, message_id="a")
+            failed = conn.begin_nested()
+            audit.append(conn, "gateway", "dropped", T0, message_id="b")
+            inner = conn.begin_nested()
+            audit.append(conn, "gateway", "dropped", T0, message_id="c")
+            inner.commit()
+            failed.rollback()
+            ok = conn.begin_nested()
+            audit.append(conn, "gateway", "kept", T0, message_id="d")
+            inner = conn.begin_nested()
+            audit.append(conn, "gateway", "dropped", T0, message_id="e")
+            inner.rollback()
+            ok.commit()
+    with db.begin() as conn:
+        assert [(e.event, e.message_id) for e in audit.events(conn)] == [("kept", "a"), ("kept", "d")]
+    assert verdict(db).ok
+
+
+def test_a_failed_batch_writes_nothing(db):
+    """The batch's transaction rolls back: no event, no gap, and the next one chains from the old head."""
+    fill(db, 1)
+    with pytest.raises(RuntimeError), db.begin() as conn, audit.batched(conn):
+        audit.append(conn, "gateway", "message.accepted", T0)
+        raise RuntimeError("the commit failed")
+    fill(db, 1)
+    assert (verdict(db).ok, verdict(db).checked) == (True, 2)
