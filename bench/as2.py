@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from admin.initialise import initialise
+from bench.common import RSSSampler, vm_kb
 from bench.intake import environment
 from certs.x509 import load_certificate, load_key_and_certificate, read_file
 from gateway.config import load
@@ -213,23 +214,19 @@ def daemon_large(megabytes: int, work: Path) -> dict:
                   b'Content-Disposition: attachment; filename="big.bin"\r\n\r\n' + payload)
         built = build(home, b"", work, entity=entity)
         del payload, entity
-        before = _vm_hwm(daemon.process.pid)
-        start = time.monotonic()
-        response = send(daemon, built, work)
-        took = time.monotonic() - start
+        with RSSSampler(daemon.process.pid) as rss:
+            start = time.monotonic()
+            response = send(daemon, built, work)
+            took = time.monotonic() - start
         disposition = next((line for line in response.body.split(b"\r\n") if line.startswith(b"Disposition:")), b"")
         report = {"payload_mb": megabytes, "status": response.status,
                   "mdn": disposition.decode().split(";")[-1].strip(),
-                  "wall_s": round(took, 1), "daemon_rss_before_mb": before // 1024,
-                  "daemon_peak_rss_mb": _vm_hwm(daemon.process.pid) // 1024}
+                  "wall_s": round(took, 1), "daemon_rss_before_mb": rss.before_mb,
+                  "daemon_peak_rss_mb": round(vm_kb(daemon.process.pid, "VmHWM") / 1024, 1),
+                  "rss_samples": rss.rss_samples}
     finally:
         daemon.stop()
     return report
-
-
-def _vm_hwm(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
 def _ephemeral():

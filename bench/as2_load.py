@@ -2,8 +2,11 @@
 
 Servers, side by side in one invocation, alternating per concurrency level and ``--rounds`` times:
 
-* Postroom: a real ``postroom serve`` in a fresh demo home (RSA-2048 keys) under ``/var/tmp``; every
-  message is decrypted, verified, checked, fsynced and committed before its signed sync MDN.
+* Postroom: a real ``postroom serve`` in a fresh demo home (RSA-2048 keys, SQLite) under ``/var/tmp``;
+  every message is decrypted, verified, checked, fsynced, committed and filed before its signed sync MDN.
+* Postroom scaled out (``--nodes N``, default 2; ``postroom-Nx``): N daemons, copies of that home with
+  their own ``[gateway] node``, sharing a private durable PostgreSQL and one spool; the client spreads
+  its connections round-robin over them, as a TCP load balancer would (docs/operations.md).
 * django-pyas2 1.2.3 (GPL: only ever a separate process, from its own venv built by
   ``tests/peers/venvs.py``) in its production set-up: gunicorn (4 gthread workers, keep-alive) over
   HTTPS with client certificates required, and a private PostgreSQL (Debian's, fsync on, as durable as
@@ -24,8 +27,9 @@ part; one failure makes the run INVALID (left out of the medians). Postroom's ru
 Results: a table on stdout and ``bench/results/as2_load.json`` (machine, versions, parameters, every
 run's figures and raw latencies).
 
-    .venv/bin/python -m bench.as2_load [--quick] [--concurrency 1,8,32] [--messages 1000] [--rounds 1]
-                                       [--no-pyas2lib] [--no-peer] [--workers 4] [--threads 8] [--tmp DIR]
+    .venv/bin/python -m bench.as2_load [--quick] [--concurrency 1,8,32,128] [--messages 1000] [--rounds 1]
+                                       [--nodes 2] [--no-pyas2lib] [--no-peer] [--workers 4] [--threads 8]
+                                       [--tmp DIR]
 """
 
 import argparse
@@ -49,11 +53,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from admin.initialise import initialise
+from sqlalchemy import text
+
+from admin.initialise import initialise, register_demo_partners
 from bench.as2 import _ephemeral
 from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine
 from bench.intake import invoices
 from gateway.home import Home
+from spool.database import create_engine, upgrade
 from tests.e2e.daemon import Daemon
 from tests.e2e.https import query
 from tests.peers.django_pyas2_peer import CONFIGURE
@@ -62,7 +69,7 @@ from tests.peers.venvs import PEERS_DIR, peer_env, peer_python
 from tests.postgres import DURABLE_SETTINGS, ThrowawayPostgres, _bin
 
 RESULTS = ROOT / "bench" / "results" / "as2_load.json"
-FULL = {"concurrency": [1, 8, 32], "messages": 1000, "rounds": 1}
+FULL = {"concurrency": [1, 8, 32, 128], "messages": 1000, "rounds": 1}
 QUICK = {"concurrency": [1, 8], "messages": 100, "rounds": 1}
 WARMUP = 16
 TARGETS = {"msgs_per_s_c32": 500, "ratio_c32": 9.0, "p99_ms_c32": 100.0}
@@ -136,17 +143,22 @@ def check_mdn(status: int, content_type: str, body: bytes, mic: str) -> str | No
 # ---------------------------------------------------------------------------------------------------------------
 
 class Target:
-    """Where and how to POST: host/port/path and the client's TLS context (acme's certificate)."""
+    """Where and how to POST: host, port(s), path and the client's TLS context (acme's certificate).
 
-    def __init__(self, name: str, port: int, path: str, home: Home):
-        self.name, self.port, self.path = name, port, path
+    With several ports (several daemons) each new connection goes to the next one, as a TCP load
+    balancer spreads connections."""
+
+    def __init__(self, name: str, port: int | list[int], path: str, home: Home):
+        self.name, self.path = name, path
+        self.ports = itertools.cycle(port if isinstance(port, list) else [port])
         acme = home.demo / "acme"
         self.context = ssl.create_default_context(cafile=str(home.dev_ca / "ca.crt"))
         self.context.load_cert_chain(str(acme / "acme-tls.crt"), str(acme / "acme-tls.key"))
 
     def connection(self) -> http.client.HTTPSConnection:
-        conn = http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=60)
-        raw = socket.create_connection(("127.0.0.1", self.port), 60)
+        port = next(self.ports)
+        conn = http.client.HTTPSConnection("localhost", port, context=self.context, timeout=60)
+        raw = socket.create_connection(("127.0.0.1", port), 60)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client's own connect() does
         conn.sock = self.context.wrap_socket(raw, server_hostname="localhost")
         return conn
@@ -291,6 +303,67 @@ class Postroom:
 
     def stop(self) -> None:
         self.daemon.stop()
+
+
+class PostroomNodes:
+    """The scale-out shape (docs/operations.md): ``nodes`` daemons, each its own process with its own
+    ``[gateway] node`` name, sharing one PostgreSQL database (a private, durable instance) and one spool;
+    the client spreads its connections over them as a TCP load balancer would. Every node is a copy of
+    the single daemon's home (same keys, same partners), so it takes the very same messages."""
+
+    def __init__(self, home: Home, work: Path, root: Path, nodes: int):
+        self.name = f"postroom-{nodes}x"
+        self.pg = ThrowawayPostgres(parent=root, settings=DURABLE_SETTINGS)
+        self.daemons: list[Daemon] = []
+        try:
+            self.pg.start()
+            self.url = self.pg.new_database("postroom")
+            engine = create_engine(self.url)
+            try:
+                upgrade(engine)
+                register_demo_partners(home, engine, "bench")
+            finally:
+                engine.dispose()
+            spool = work / "spool"
+            spool.mkdir(mode=0o700, parents=True)
+            for n in range(1, nodes + 1):
+                node = Home(work / f"node-{n}")
+                shutil.copytree(home.path, node.path,
+                                ignore=shutil.ignore_patterns("spool", "run", "postroom.db*"))
+                text = node.config_file.read_text().replace("[gateway]\n", f'[gateway]\nnode = "bench-{n}"\n', 1)
+                text = re.sub(r'(?m)^database_url = .*$', f'database_url = "{self.url}"', text)
+                text = re.sub(r'(?m)^spool_dir = .*$', f'spool_dir = "{spool}"', text)
+                node.config_file.write_text(text)
+                self.daemons.append(Daemon(node).start())
+        except BaseException:
+            self.stop()
+            raise
+        self.target = Target(self.name, [d.ports["as2"] for d in self.daemons], "/as2", home)
+
+    def pids(self) -> list[int]:
+        return [d.process.pid for d in self.daemons]
+
+    def db_pids(self) -> list[int]:
+        return tree(self.pg.process.pid)
+
+    def accepted(self) -> int:
+        engine = create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT count(*) FROM messages")).scalar_one()
+        finally:
+            engine.dispose()
+
+    def versions(self) -> dict:
+        return {"postgres": subprocess.run([_bin("postgres"), "--version"], capture_output=True,
+                                           text=True).stdout.strip()}
+
+    def stop(self) -> None:
+        try:
+            for daemon in self.daemons:
+                daemon.stop()
+        finally:
+            self.pg.stop()
 
 
 GUNICORN_CONF = '''
@@ -489,9 +562,9 @@ def percentile(values: list[float], q: int) -> float:
 def run(server, messages: list[tuple[bytes, str]], tag: str, concurrency: int) -> dict:
     settle(server.pids)
     pids = server.pids()
-    extra = server.db_pids() if isinstance(server, DjangoPyas2) else []
+    extra = server.db_pids() if hasattr(server, "db_pids") else []
     reset_hwm(pids + extra)
-    accepted = server.accepted() if isinstance(server, Postroom) else None
+    accepted = server.accepted() if hasattr(server, "accepted") else None
     threads = threads_of(pids[0]) if isinstance(server, Postroom) else {}
     cpu, db_cpu = cpu_of(pids), cpu_of(extra)
     got = drive(server.target, messages, tag, concurrency)
@@ -510,23 +583,28 @@ def run(server, messages: list[tuple[bytes, str]], tag: str, concurrency: int) -
               "server_tail_cpu_s": round(tail_cpu, 2), "server_peak_rss_mb": peak,
               "client_cpu_s": round(got["client_cpu_s"], 2),
               "connections": got["connections"], "failures": len(got["failures"]),
-              "failure_samples": got["failures"][:10]}
-    if isinstance(server, Postroom):
-        grew = server.accepted() - accepted
-        record["db_accepted"] = grew
-        if grew != len(messages):
+              "failure_samples": got["failures"][:10], "processes": len(pids_after)}
+    if extra:
+        record["db_cpu_s"] = round(cpu_of(server.db_pids()) - db_cpu, 2)
+        record["db_peak_rss_mb"] = hwm_mb(server.db_pids())
+    short = False
+    if accepted is not None:
+        record["db_accepted"] = grew = server.accepted() - accepted
+        short = grew != len(messages)
+        if short:
             record["failure_samples"].append(f"messages table grew by {grew}, not {len(messages)}")
+    if isinstance(server, Postroom):
         after = threads_of(pids[0])  # after settling: includes the tail
         record["threads_cpu_s"] = {k: round(v - threads.get(k, 0.0), 2) for k, v in sorted(after.items())
                                    if v - threads.get(k, 0.0) >= 0.01}
-    elif isinstance(server, DjangoPyas2):
-        record["db_cpu_s"] = round(cpu_of(server.db_pids()) - db_cpu, 2)
-        record["db_peak_rss_mb"] = hwm_mb(server.db_pids())
-        record["processes"] = len(pids_after)
-    short = isinstance(server, Postroom) and record["db_accepted"] != len(messages)
     record["valid"] = not got["failures"] and not short
     record["latencies_ms"] = [round(v * 1000, 3) for v in got["latencies"]]
     return record
+
+
+def ours(names: list[str]) -> list[str]:
+    """The Postroom set-ups among the servers (one daemon, several nodes); the rest are peers."""
+    return [n for n in names if n.startswith("postroom")]
 
 
 def summarise(runs: list[dict], levels: list[int], names: list[str]) -> dict:
@@ -540,10 +618,10 @@ def summarise(runs: list[dict], levels: list[int], names: list[str]) -> dict:
                           "client_cpu_s")} if valid else None
             row[name + "_invalid"] = sum(1 for r in runs if r["server"] == name and r["concurrency"] == c
                                          and not r["valid"])
-        ours = row["postroom"]
-        for name in names[1:]:
-            theirs = row[name]
-            row[f"ratio_{name}"] = round(ours["msgs_per_s"] / theirs["msgs_per_s"], 2) if ours and theirs else None
+        for mine in ours(names):
+            for peer in (n for n in names if n not in ours(names)):
+                a, b = row[mine], row[peer]
+                row[f"ratio_{mine}_{peer}"] = round(a["msgs_per_s"] / b["msgs_per_s"], 2) if a and b else None
         table[c] = row
     return table
 
@@ -558,21 +636,26 @@ def print_table(table: dict, names: list[str]) -> None:
             if r is None:
                 print(f"{c:>4} {name:<13} {'(no valid run)':>8}{bad}")
                 continue
-            ratio = f"  {row[f'ratio_{name}']:.2f}x" if row.get(f"ratio_{name}") else ""
+            ratios = ", ".join(f"{mine} {row[f'ratio_{mine}_{name}']:.2f}x" for mine in ours(names)
+                               if row.get(f"ratio_{mine}_{name}"))
             print(f"{c:>4} {name:<13} {r['msgs_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
                   f"{r['p99_ms']:>8.1f} {r['server_cpu_ms_per_msg']:>10.2f} {r['server_peak_rss_mb']:>11.1f} "
-                  f"{r['client_cpu_s']:>12.2f}{ratio}{bad}")
+                  f"{r['client_cpu_s']:>12.2f}  {ratios}{bad}")
 
 
-def targets(table: dict) -> dict:
+def targets(table: dict, names: list[str]) -> dict:
+    """Each Postroom set-up's figures at concurrency 32 against the issue's targets: [value, met]."""
     row = table.get(32)
-    if not row or not row["postroom"]:
-        return {"measured": False}
-    ours = row["postroom"]
-    ratio = row.get("ratio_django-pyas2")
-    return {"msgs_per_s_c32": [ours["msgs_per_s"], ours["msgs_per_s"] >= TARGETS["msgs_per_s_c32"]],
-            "ratio_c32": [ratio, bool(ratio) and ratio >= TARGETS["ratio_c32"]],
-            "p99_ms_c32": [ours["p99_ms"], ours["p99_ms"] <= TARGETS["p99_ms_c32"]]}
+    found = {}
+    for mine in ours(names):
+        if not row or not row[mine]:
+            found[mine] = {"measured": False}
+            continue
+        r, ratio = row[mine], row.get(f"ratio_{mine}_django-pyas2")
+        found[mine] = {"msgs_per_s_c32": [r["msgs_per_s"], r["msgs_per_s"] >= TARGETS["msgs_per_s_c32"]],
+                       "ratio_c32": [ratio, bool(ratio) and ratio >= TARGETS["ratio_c32"]],
+                       "p99_ms_c32": [r["p99_ms"], r["p99_ms"] <= TARGETS["p99_ms_c32"]]}
+    return found
 
 
 def environment() -> dict:
@@ -584,11 +667,14 @@ def environment() -> dict:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.as2_load", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="concurrency 1,8, 100 messages, 1 round")
-    parser.add_argument("--concurrency", help="comma-separated client concurrency levels (default 1,8,32)")
+    parser.add_argument("--concurrency", help="comma-separated client concurrency levels (default 1,8,32,128)")
     parser.add_argument("--messages", type=int, help="messages per run (default 1000)")
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 1)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers for django-pyas2 (default 4)")
     parser.add_argument("--threads", type=int, default=8, help="gthread threads per gunicorn worker (default 8)")
+    parser.add_argument("--nodes", type=int, default=2,
+                        help="also N daemons sharing PostgreSQL and the spool, connections spread over them "
+                             "(default 2; 1: the single daemon only)")
     parser.add_argument("--no-peer", action="store_true", help="Postroom only")
     parser.add_argument("--pyas2lib", action=argparse.BooleanOptionalAction, default=True,
                         help="also pyas2lib behind the stdlib HTTP server (default on)")
@@ -621,6 +707,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"built {len(sets) * args.messages + WARMUP} messages with openssl in {built_s:.1f} s "
               f"({sum(len(b) for b, _ in warm) // WARMUP} bytes each)", flush=True)
         servers.append(Postroom(home))
+        if args.nodes > 1:
+            servers.append(PostroomNodes(home, work / "nodes", root, args.nodes))
         if not args.no_peer:
             servers.append(DjangoPyas2(home, work / "django", root, args.workers, args.threads))
             if args.pyas2lib:
@@ -645,7 +733,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"  {state}", flush=True)
                     for sample in record["failure_samples"][:3]:
                         print(f"    !! {sample}", flush=True)
-        versions = {server.name: server.versions() for server in servers[1:]}
+        versions = {server.name: server.versions() for server in servers if hasattr(server, "versions")}
     finally:
         for server in reversed(servers):
             server.stop()
@@ -653,9 +741,11 @@ def main(argv: list[str] | None = None) -> None:
     names = [server.name for server in servers]
     table = summarise(runs, args.concurrency, names)
     print_table(table, names)
-    met = targets(table)
-    if met.get("measured") is not False:
-        print("\ntargets at c=32: " + "; ".join(f"{k} {v[0]} ({'met' if v[1] else 'missed'})" for k, v in met.items()))
+    met = targets(table, names)
+    for mine, figures in met.items():
+        if figures.get("measured") is not False:
+            print(f"\n{mine} at c=32: " + "; ".join(f"{k} {v[0]} ({'met' if v[1] else 'missed'})"
+                                                  for k, v in figures.items()))
     invalid = [r for r in runs if not r["valid"]]
     if invalid:
         print(f"\n!!! {len(invalid)} INVALID run(s), left out of the medians: "
@@ -673,7 +763,8 @@ def main(argv: list[str] | None = None) -> None:
                              "warmup": WARMUP, "gunicorn_workers": args.workers, "gunicorn_threads": args.threads,
                              "key_bits": 2048, "peer_tls": "HTTPS, client certificate required (both peers)",
                              "peer_db": "PostgreSQL, fsync on", "build_s": round(built_s, 1),
-                             "client": "http.client threads, keep-alive, TCP_NODELAY"},
+                             "client": "http.client threads, keep-alive, TCP_NODELAY", "nodes": args.nodes,
+                             "nodes_db": "PostgreSQL, fsync on; one spool; connections round-robin"},
               "summary": {str(c): row for c, row in table.items()}, "targets": met, "runs": runs}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=1) + "\n")

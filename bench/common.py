@@ -7,6 +7,8 @@ import platform
 import re
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from gateway.home import Home
@@ -65,3 +67,47 @@ def with_defaults(args: argparse.Namespace, quick: dict, full: dict) -> argparse
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
+
+
+def vm_kb(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field (``VmRSS``, ``VmHWM``) in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+
+
+class RSSSampler:
+    """Samples a process's VmRSS every ``interval`` seconds while the ``with`` block runs (VmHWM reset first):
+    ``rss_samples`` is ``[[seconds, MB], ...]`` for the report's RSS-over-time plot."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval = pid, interval
+        self.rss_samples: list[list[float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _sample(self) -> None:
+        self.rss_samples.append([round(time.monotonic() - self._start, 2), round(vm_kb(self.pid, "VmRSS") / 1024, 1)])
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "RSSSampler":
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # VmHWM := the current RSS
+        self._start = time.monotonic()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def before_mb(self) -> float:
+        return self.rss_samples[0][1]
+
+    @property
+    def peak_mb(self) -> float:
+        return max(mb for _, mb in self.rss_samples)

@@ -4,7 +4,7 @@ A table the JSON cannot fill is left out (the section still shows the headline r
 missing single figure is a dash.
 """
 
-from bench.headline import NONE, PEER, dig, fmt, num
+from bench.headline import NONE, dig, fmt, num
 
 
 def cell(value) -> str:
@@ -54,9 +54,9 @@ def as2_load(d: dict) -> list[str]:
              "yes" if r.get("valid") else f"INVALID ({r.get('failures')} failed)"]
             for r in sorted(runs, key=lambda r: (r.get("concurrency") or 0, str(r.get("server")), r.get("round") or 0))]
     lines = table(["server", "concurrency", "round", *keys, "valid"], rows) if rows else []
-    peer = dig(d, "versions", "peer")
-    if isinstance(peer, dict) and peer:
-        lines += ["", f"{PEER} side: " + ", ".join(f"{k} {cell(v)}" for k, v in peer.items()) + "."]
+    for side, versions in (dig(d, "versions") or {}).items():
+        if isinstance(versions, dict) and versions:
+            lines += ["", f"{side} side: " + ", ".join(f"{k} {cell(v)}" for k, v in versions.items()) + "."]
     return lines
 
 

@@ -11,7 +11,7 @@ by a sentence saying why.
 import textwrap
 from pathlib import Path
 
-from bench.headline import LISTINGS, PEER, Row, dig, fmt, load_points, median_of, num
+from bench.headline import LISTINGS, PEER, Row, dig, fmt, load_points, median_of, num, setup_label, setups
 
 CONTEXT = ("server", "client", "concurrency", "test")
 
@@ -61,7 +61,7 @@ def throughput(ax, data: dict[str, dict]) -> str | None:
     if not isinstance(d, dict):
         return "as2_load has not run."
     drawn, ticks = False, set()
-    for server, name in (("postroom", "Postroom"), (PEER, PEER)):
+    for server, name in [(s, f"Postroom ({setup_label(s)})") for s in setups(d)] + [(PEER, PEER)]:
         levels = {c: median_of(runs, "msgs_per_s") for c, runs in sorted(load_points(d, server).items())}
         levels = {c: v for c, v in levels.items() if v is not None}
         if levels:

@@ -31,7 +31,6 @@ import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +41,17 @@ from lxml import etree
 from signxml import XMLSigner
 from signxml.algorithms import CanonicalizationMethod
 
-from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, require_real_disk, with_defaults
+from bench.common import (
+    DEFAULT_TMP,
+    ROOT,
+    RSSSampler,
+    demo_home,
+    filesystem,
+    machine,
+    require_real_disk,
+    vm_kb,
+    with_defaults,
+)
 from certs.x509 import load_key_and_certificate, read_file
 from gateway.home import Home
 from protocols import xmldoc
@@ -361,37 +370,18 @@ def small_rounds(servers, key: Path, batches: dict, work: Path, rounds: int) -> 
     return out
 
 
-def vm_kb(pid: int, field: str) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
-
-
 def gigabyte(postroom: Postroom, key: Path, work: Path) -> dict:
     """One 1 GB paramiko upload while the daemon's VmRSS is sampled every 50 ms (and its VmHWM reset first)."""
     path = random_file(work / "gigabyte.bin", 1024)
     relabel(path, "gigabyte")
     pid = postroom.pid()
     settle(postroom)
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    before = vm_kb(pid, "VmRSS")
-    samples, done = [before], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            samples.append(vm_kb(pid, "VmRSS"))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with RSSSampler(pid) as rss:
         result = run(postroom, "paramiko", [path], key, work)
-    finally:
-        done.set()
-        sampler.join()
     path.unlink()
-    peak = max(samples)
-    return {**result, "rss_before_mb": round(before / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
-            "rss_growth_mb": round((peak - before) / 1024, 1), "vm_hwm_mb": round(vm_kb(pid, "VmHWM") / 1024, 1),
-            "samples": len(samples)}
+    return {**result, "rss_before_mb": rss.before_mb, "rss_peak_mb": rss.peak_mb,
+            "rss_growth_mb": round(rss.peak_mb - rss.before_mb, 1), "vm_hwm_mb": round(vm_kb(pid, "VmHWM") / 1024, 1),
+            "samples": len(rss.rss_samples), "rss_samples": rss.rss_samples}
 
 
 # ---------------------------------------------------------------------------------------------------------------

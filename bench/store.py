@@ -145,13 +145,14 @@ class Store:
         return out
 
     def order_peer(self, repeats: int = 5) -> dict:
-        """In-process peer for the first page: the portal's query as it is, and ordered by the mailbox index's
-        own column (``mailbox_items.message_id``, equal to ``messages.id`` by the join); plan and best ms each."""
-        current = records._mailbox_query("globex").order_by(messages.c.id.desc()).limit(51)
-        indexed = records._mailbox_query("globex").order_by(mailbox_items.c.message_id.desc()).limit(51)
+        """In-process peer for the first page: the portal's query as it is now, ordered by the mailbox index's
+        own column (``mailbox_items.message_id``), and as it was before migration 0010, ordered by the joined
+        ``messages.id`` (equal by the join, but SQLite then sorts the whole mailbox); plan and best ms each."""
+        before = records._mailbox_query("globex").order_by(messages.c.id.desc()).limit(51)
+        now = records._mailbox_query("globex").order_by(mailbox_items.c.message_id.desc()).limit(51)
         out = {}
         with self.engine.connect() as conn:
-            for name, query in (("current", current), ("order_by_mailbox_items", indexed)):
+            for name, query in (("portal_now", now), ("ordered_by_messages_id", before)):
                 compiled = query.compile(self.engine, compile_kwargs={"literal_binds": True})
                 plan = [r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").fetchall()]
                 best = float("inf")
