@@ -223,7 +223,7 @@ def daemon_large(megabytes: int, work: Path) -> dict:
                   "mdn": disposition.decode().split(";")[-1].strip(),
                   "wall_s": round(took, 1), "daemon_rss_before_mb": rss.before_mb,
                   "daemon_peak_rss_mb": round(vm_kb(daemon.process.pid, "VmHWM") / 1024, 1),
-                  "rss_samples": rss.rss_samples}
+                  "rss_samples": rss.rss_samples, "series_label": f"AS2 door, one {megabytes} MB message (curl)"}
     finally:
         daemon.stop()
     return report

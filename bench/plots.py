@@ -41,7 +41,10 @@ def walk(node, path: tuple = ()):
 
 
 def label(bench: str, path: tuple, node: dict) -> str:
-    """``bench`` plus what the dict says it is (server, client, concurrency), else its path without indices."""
+    """The dict's own ``series_label``, else ``bench`` plus what the dict says it is (server, client,
+    concurrency), else its path without indices."""
+    if isinstance(node.get("series_label"), str):
+        return node["series_label"]
     context = [f"{k}={node[k]}" if k == "concurrency" else str(node[k]) for k in CONTEXT if k in node]
     return " ".join([bench, *(context or [str(p) for p in path if not isinstance(p, int)])])
 

@@ -381,7 +381,8 @@ def gigabyte(postroom: Postroom, key: Path, work: Path) -> dict:
     path.unlink()
     return {**result, "rss_before_mb": rss.before_mb, "rss_peak_mb": rss.peak_mb,
             "rss_growth_mb": round(rss.peak_mb - rss.before_mb, 1), "vm_hwm_mb": round(vm_kb(pid, "VmHWM") / 1024, 1),
-            "samples": len(rss.rss_samples), "rss_samples": rss.rss_samples}
+            "samples": len(rss.rss_samples), "rss_samples": rss.rss_samples,
+            "series_label": "SFTP door, one 1 GB upload (paramiko)"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
