@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from certs.ssh import generate_keypair
+from tests.e2e.deliveries import push_delivery, wait_push
 from tests.e2e.https import invoice, post_document, query
 from tests.e2e.test_mtls_door import metric, wait_until
 
 SSHD = "/usr/sbin/sshd"
 DEMO_CUSTOMER = b'<cbc:EndpointID schemeID="0002">FR23342</cbc:EndpointID>'
-DELIVERY_TIMEOUT = 30.0
 
 
 def free_port() -> int:
@@ -119,26 +119,11 @@ def upload(daemon, data: bytes, tmp_path: Path, filename: str) -> str:
 
 def sftp_delivery(daemon, message_id: str) -> tuple | None:
     """(state, remote_id, attempts, last_error) of the message's ``sftp`` delivery."""
-    rows = query(daemon, "SELECT state, remote_id, attempts, last_error FROM deliveries "
-                         "WHERE message_id = :id AND target = 'sftp'", id=message_id)
-    return rows[0] if rows else None
+    return push_delivery(daemon, message_id, "sftp")
 
 
 def wait_delivery(daemon, sshd, message_id: str, settled) -> tuple:
-    seen: list = []
-
-    def reached() -> bool:
-        row = sftp_delivery(daemon, message_id)
-        seen.append(row)
-        return row is not None and settled(row)
-
-    try:
-        wait_until(reached, timeout=DELIVERY_TIMEOUT)
-    except BaseException:
-        print(f"delivery rows seen: {seen[-3:]}\ndaemon log:\n{daemon.log.read_text()[-6000:]}\n"
-              f"sshd log:\n{sshd.log.read_text()[-3000:]}")
-        raise
-    return sftp_delivery(daemon, message_id)
+    return wait_push(daemon, message_id, "sftp", settled, explain=lambda: f"sshd log:\n{sshd.log.read_text()[-3000:]}")
 
 
 def test_push_uploads_byte_identical_under_the_final_name(daemon, sshd, tmp_path):

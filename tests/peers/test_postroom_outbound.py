@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 from certs.devca import DevCA
 from certs.x509 import load_certificate, read_file
 from tests.e2e.daemon import POSTROOM, Daemon, private_home
+from tests.e2e.deliveries import DELIVERY_TIMEOUT, push_delivery, wait_push
 from tests.e2e.https import invoice, post_document, query
 from tests.e2e.test_mtls_door import metric, wait_until
 from tests.peers.harness import Identity, Pyas2lib, Pyas2libServer, make_identity
@@ -47,7 +48,6 @@ DEMO_CUSTOMER = b'<cbc:EndpointID schemeID="0002">FR23342</cbc:EndpointID>'
 DEFAULTS = {"sign": "true", "encrypt": "true", "compress": "false", "digest": "sha256", "pss": "false",
             "cipher": "aes256-cbc", "key_transport": "rsa-v1.5", "mdn": "sync", "signed_mdn": "true"}
 PROCESSED = "MDN automatic-action/MDN-sent-automatically; processed"
-DELIVERY_TIMEOUT = 30.0
 MATRIX_TIMEOUT = 10.0  #: one push and its sync MDN take well under a second
 BURST = 6  #: async pushes in a row
 
@@ -188,9 +188,7 @@ def upload(daemon, data: bytes, tmp_path: Path, filename: str = "invoice.xml") -
 
 def as2_delivery(daemon, message_id: str) -> tuple | None:
     """(state, remote_id, attempts, last_error) of the message's ``as2`` delivery."""
-    rows = query(daemon, "SELECT state, remote_id, attempts, last_error FROM deliveries "
-                         "WHERE message_id = :id AND target = 'as2'", id=message_id)
-    return rows[0] if rows else None
+    return push_delivery(daemon, message_id, "as2")
 
 
 def audit(daemon, message_id: str, prefix: str = "delivery.") -> list[tuple[str, dict]]:
@@ -202,20 +200,7 @@ def audit(daemon, message_id: str, prefix: str = "delivery.") -> list[tuple[str,
 
 def wait_delivery(daemon, message_id: str, settled, timeout: float = DELIVERY_TIMEOUT) -> tuple:
     """Poll until ``settled(row)`` holds for the ``as2`` delivery's (state, remote_id, attempts, last_error)."""
-    seen = []
-
-    def reached() -> bool:
-        row = as2_delivery(daemon, message_id)
-        seen.append(row)
-        return row is not None and settled(row)
-
-    try:
-        wait_until(reached, timeout=timeout)
-    except BaseException:
-        print(f"delivery rows seen: {seen[-3:]}\naudit: {audit(daemon, message_id)}\ndaemon log: {daemon.log}\n"
-              f"{daemon.log.read_text()[-6000:]}")
-        raise
-    return as2_delivery(daemon, message_id)
+    return wait_push(daemon, message_id, "as2", settled, timeout, explain=lambda: f"audit: {audit(daemon, message_id)}")
 
 
 def tried(row: tuple) -> bool:
