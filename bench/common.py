@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gateway.home import Home
 from tests.e2e.daemon import POSTROOM
+from tests.e2e.https import query
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Not /tmp: it is tmpfs on many machines. Override with --tmp or BENCH_TMPDIR.
@@ -111,3 +112,23 @@ class RSSSampler:
     @property
     def peak_mb(self) -> float:
         return max(mb for _, mb in self.rss_samples)
+
+
+class DaemonSide:
+    """What the SFTP and email benchmarks' Postroom sides share: a real daemon (``self.daemon``), its pid, and
+    what it stored so far (of ``channel`` only, when it is set)."""
+
+    channel: str | None = None
+
+    def stop(self) -> None:
+        self.daemon.stop()
+
+    def pid(self) -> int:
+        return self.daemon.process.pid
+
+    def counts(self) -> tuple[int, int]:
+        """(messages accepted, quarantined) so far: a run is valid when only the first grew, by what it sent."""
+        [(accepted, refused)] = query(
+            self.daemon, "SELECT (SELECT count(*) FROM messages WHERE :channel IS NULL OR channel = :channel), "
+                         "(SELECT count(*) FROM quarantine)", channel=self.channel)
+        return accepted, refused

@@ -44,6 +44,7 @@ from signxml.algorithms import CanonicalizationMethod
 from bench.common import (
     DEFAULT_TMP,
     ROOT,
+    DaemonSide,
     RSSSampler,
     demo_home,
     filesystem,
@@ -56,7 +57,6 @@ from certs.x509 import load_key_and_certificate, read_file
 from gateway.home import Home
 from protocols import xmldoc
 from tests.e2e.daemon import Daemon
-from tests.e2e.https import query
 
 PLACEHOLDER = ROOT / "tests" / "fixtures" / "invoices" / "signed" / "unsigned-with-placeholder.xml"
 RESULTS = ROOT / "bench" / "results" / "sftp.json"
@@ -85,7 +85,7 @@ class Server:
         raise NotImplementedError
 
 
-class Postroom(Server):
+class Postroom(DaemonSide, Server):
     """A ``postroom serve`` daemon in a fresh demo home that takes acme's opaque payloads up to 2 GiB."""
 
     name = "postroom"
@@ -106,17 +106,6 @@ class Postroom(Server):
         self.port = self.daemon.ports["sftp"]
         return self
 
-    def stop(self) -> None:
-        self.daemon.stop()
-
-    def pid(self) -> int:
-        return self.daemon.process.pid
-
-    def counts(self) -> tuple[int, int]:
-        """(messages, quarantined) so far: a run is valid when only the first grew, by its file count."""
-        [(accepted, refused)] = query(self.daemon, "SELECT (SELECT count(*) FROM messages), "
-                                                   "(SELECT count(*) FROM quarantine)")
-        return accepted, refused
 
 
 class OpenSSH(Server):

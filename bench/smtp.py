@@ -48,12 +48,21 @@ from pathlib import Path
 
 import aiosmtpd
 
-from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, with_defaults, work_folder
+from bench.common import (
+    DEFAULT_TMP,
+    ROOT,
+    DaemonSide,
+    demo_home,
+    filesystem,
+    machine,
+    vm_kb,
+    with_defaults,
+    work_folder,
+)
 from bench.intake import invoices
-from bench.sftp import cpu_seconds, settle, vm_kb
+from bench.sftp import cpu_seconds, settle
 from gateway.home import Home
 from tests.e2e.daemon import Daemon
-from tests.e2e.https import query
 
 RESULTS = ROOT / "bench" / "results" / "smtp.json"
 SENDER, RECIPIENT = "invoices@acme.example", "invoices@localhost"
@@ -102,10 +111,11 @@ def prepare(home: Home, batches: int, count: int) -> list[list[bytes]]:
 # The two servers
 # ---------------------------------------------------------------------------------------------------------------
 
-class Postroom:
+class Postroom(DaemonSide):
     """A ``postroom serve`` daemon in a fresh demo home (``profile``: under one cProfile per thread)."""
 
     name = "postroom"
+    channel = "email"
 
     def __init__(self, work: Path):
         self.home = demo_home(work / "home")
@@ -130,17 +140,6 @@ class Postroom:
         self.port = self.daemon.ports["smtp"]
         return self
 
-    def stop(self) -> None:
-        self.daemon.stop()
-
-    def pid(self) -> int:
-        return self.daemon.process.pid
-
-    def counts(self) -> tuple[int, int]:
-        """(email messages, quarantined) so far."""
-        [(accepted, refused)] = query(self.daemon, "SELECT (SELECT count(*) FROM messages WHERE channel = 'email'), "
-                                                   "(SELECT count(*) FROM quarantine)")
-        return accepted, refused
 
 
 #: ``postroom serve`` with one cProfile per thread, timed by the thread's own CPU clock (so a thread waiting for
