@@ -24,6 +24,7 @@ from protocols.as2.mime import (
     MIMEError,
     Region,
     Scratch,
+    TooManyParts,
     memory_scratch,
     parse_entity,
     split_multipart,
@@ -251,7 +252,10 @@ def _open_pkcs7(entity: Entity, state: _Peeled, *, recipients, trusted, cas, sec
 def _open_signed(entity: Entity, state: _Peeled, *, trusted, cas, security: Security, mic_digest: str,
                  now: datetime) -> Entity:
     boundary = entity.content_type.param("boundary") or ""
-    parts = split_multipart(entity.body, boundary)
+    try:
+        parts = split_multipart(entity.body, boundary, max_parts=2)
+    except TooManyParts:
+        raise MIMEError("multipart/signed needs exactly two parts (content, signature), not more") from None
     if len(parts) != 2:
         raise MIMEError(f"multipart/signed needs exactly two parts (content, signature), not {len(parts)}")
     content, signature = parts[0], parse_entity(parts[1])

@@ -37,6 +37,14 @@ class MIMEError(ValueError):
     """The bytes are not the MIME structure the sender's headers announce; the text says where."""
 
 
+class TooManyParts(MIMEError):
+    """A multipart body has more parts than the caller takes (``limit``); found before it was split further."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the multipart body has more than {limit} parts")
+        self.limit = limit
+
+
 Scratch = Callable[[], BinaryIO]
 
 
@@ -281,11 +289,19 @@ def decode(body: bytes, transfer_encoding: str | None) -> bytes:
     raise MIMEError(f"unknown Content-Transfer-Encoding {transfer_encoding!r}")
 
 
-def split_multipart(body: bytes | Region, boundary: str) -> list[Region]:
+#: Parts a multipart body may have unless the caller says otherwise: every caller knows fewer (two for
+#: multipart/signed, a handful for an MDN, the mail reader's own budget), and a list of millions of tiny
+#: parts must never be built.
+MAX_PARTS = 1000
+
+
+def split_multipart(body: bytes | Region, boundary: str, max_parts: int = MAX_PARTS) -> list[Region]:
     """Each body part between ``--boundary`` delimiters (RFC 2046 §5.1.1), as a region of the body.
 
     The line break before a delimiter belongs to the delimiter, not to the part: the bytes of a part
     are exactly the bytes a signature over it covers. The body is scanned in chunks.
+
+    :raises TooManyParts: as soon as a part beyond ``max_parts`` begins.
     """
     if not boundary or len(boundary) > 200:
         raise MIMEError("a multipart entity needs a boundary parameter of 1 to 200 characters")
@@ -297,6 +313,8 @@ def split_multipart(body: bytes | Region, boundary: str) -> list[Region]:
             parts.append(Region(region.file, start, line_start))
         if closing:
             break
+        if len(parts) == max_parts:
+            raise TooManyParts(max_parts)
         start = line_end
     else:
         raise MIMEError(f"the multipart body has no closing delimiter --{boundary}--")

@@ -34,6 +34,10 @@ from protocols.as2.mime import (
     split_multipart,
 )
 
+#: A multipart/report has a text part, the machine-readable part and at most the returned content
+#: (RFC 6522); more than this many parts is not an MDN.
+MDN_PARTS = 8
+
 
 class MDNError(ValueError):
     """An MDN that cannot be trusted or read; the text says why."""
@@ -237,7 +241,7 @@ def read_mdn(headers: Headers, body: bytes, *, trusted: Sequence[Certificate], c
     try:
         signed = False
         if entity.content_type.mime_type == "multipart/signed":
-            parts = split_multipart(entity.body, entity.content_type.param("boundary") or "")
+            parts = split_multipart(entity.body, entity.content_type.param("boundary") or "", max_parts=2)
             if len(parts) != 2:
                 raise MDNError(f"a signed MDN has two parts, not {len(parts)}")
             signature = parse_entity(parts[1])
@@ -259,7 +263,7 @@ def _report(entity: Entity, signed: bool) -> MDN:
     if content_type.mime_type != "multipart/report":
         raise MDNError(f"an MDN is multipart/report, not {content_type.mime_type}")
     text, fields = "", None
-    for raw in split_multipart(entity.body, content_type.param("boundary") or ""):
+    for raw in split_multipart(entity.body, content_type.param("boundary") or "", max_parts=MDN_PARTS):
         part = parse_entity(raw)
         if part.content_type.mime_type == "message/disposition-notification":
             fields = _notification(part.decoded().read())

@@ -89,6 +89,7 @@ def test_an_unprotected_payload_passes_when_the_policy_allows_it():
     ("multipart/signed; boundary=b", b"--b\r\nx\r\n--b--\r\n", inbound.AS2_FORMAT),
     ("multipart/signed; boundary=b", b"--b\r\n\r\nx\r\n--b\r\nContent-Type: text/plain\r\n\r\nsig\r\n--b--\r\n",
      inbound.AS2_FORMAT),
+    ("multipart/signed; boundary=b", b"--b\r\n\r\nx\r\n" * 100_000 + b"--b--\r\n", inbound.AS2_FORMAT),
 ])
 def test_malformed_structures_are_unexpected_processing_errors(content_type, body, code):
     with pytest.raises(inbound.AS2Refused) as refused:

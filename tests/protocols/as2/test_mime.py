@@ -5,7 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.as2.mime import (
+    MAX_PARTS,
     MIMEError,
+    TooManyParts,
     base64_lines,
     build_entity,
     decode,
@@ -68,6 +70,18 @@ def test_split_keeps_the_exact_part_bytes():
 def test_split_handles_lf_only_and_padding_after_the_boundary():
     body = b"--b  \n1\n--b\n2\n--b--  \n"
     assert [p.read() for p in split_multipart(body, "b")] == [b"1", b"2"]
+
+
+def test_split_stops_at_the_first_part_beyond_the_limit():
+    """Exactly ``max_parts`` parts are fine; one more is TooManyParts before the rest of the body is looked at."""
+    three = b"--b\r\n1\r\n--b\r\n2\r\n--b\r\n3\r\n--b--\r\n"
+    assert [p.read() for p in split_multipart(three, "b", max_parts=3)] == [b"1", b"2", b"3"]
+    with pytest.raises(TooManyParts, match="more than 2 parts") as refused:
+        split_multipart(three, "b", max_parts=2)
+    assert refused.value.limit == 2
+    hostile = b"--b\r\n" * 1_000_000  # no closing delimiter: only the limit can end the scan early
+    with pytest.raises(TooManyParts, match=f"more than {MAX_PARTS} parts"):
+        split_multipart(hostile, "b")
 
 
 @pytest.mark.parametrize("body, boundary, message", [
