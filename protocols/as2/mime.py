@@ -323,34 +323,39 @@ def split_multipart(body: bytes | Region, boundary: str, max_parts: int = MAX_PA
     return parts
 
 
-_AFTER_MARKER = re.compile(rb"(--)?[ \t]{0,100}(\r?\n|$)")
+#: What may follow the boundary on a delimiter line: "--", up to 100 blanks, CRLF.
+_LOOKAHEAD = 104
 
 
-def _delimiters(region: Region, marker: bytes) -> Iterator[tuple[int, int, bool]]:
-    """``(start, end, closing)`` of each delimiter line, absolute offsets; ``start`` includes the line break before."""
-    for at in _occurrences(region, marker):
-        before = region.sub(max(0, at - region.start - 2), at - region.start).read() if at > region.start else b""
-        if at > region.start and not before.endswith(b"\n"):
-            continue  # not at the start of a line: content that merely contains the marker
-        after = Region(region.file, at + len(marker), min(region.end, at + len(marker) + 104)).read()
-        match = _AFTER_MARKER.match(after)
-        if match is None or (not match.group(2) and at + len(marker) + match.end() < region.end):
-            continue
-        start = at - (2 if before.endswith(b"\r\n") else 1 if before else 0)
-        yield start, at + len(marker) + match.end(), bool(match.group(1))
+def _delimiters(region: Region, marker: bytes, chunk: int = CHUNK) -> Iterator[tuple[int, int, bool]]:
+    """``(start, end, closing)`` of each delimiter line, absolute offsets; ``start`` includes the line break before.
 
-
-def _occurrences(region: Region, needle: bytes) -> Iterator[int]:
-    """Absolute offsets of ``needle`` in the region, found chunk by chunk."""
-    carry, position = b"", region.start
-    for chunk in region.chunks():
-        window, base = carry + chunk, position - len(carry)
-        found = window.find(needle)
-        while found != -1:
-            yield base + found
-            found = window.find(needle, found + 1)
-        carry = window[-(len(needle) - 1):] if len(needle) > 1 else b""
-        position += len(chunk)
+    One pass over the region in chunks. A delimiter line is found by one regular expression (the line
+    break before, the boundary, and in a look-ahead what may follow it), so text that only looks like a
+    delimiter is passed over inside the regex engine; the window keeps the two bytes before it and holds
+    back candidates whose look-ahead is not in hand yet.
+    """
+    line = re.compile(rb"(\r?\n|^)" + re.escape(marker) + rb"(?=(--)?[ \t]{0,100}(\r?\n|$))")
+    window, base, before_window = b"", region.start, b""
+    chunks = region.chunks(chunk)
+    while True:
+        piece = next(chunks, None)
+        last = piece is None
+        window += piece or b""
+        limit = len(window) - 1 if last else len(window) - len(marker) - _LOOKAHEAD  # candidates seen whole
+        text, shift = before_window + window, len(before_window)
+        for match in line.finditer(text):
+            at = match.end(1) - shift  # where the boundary starts, in the window
+            if at > limit:
+                break
+            if at < 0 or (not match.group(1) and (shift or base != region.start)):
+                continue  # a boundary scanned in the window before, or "^" the start of a window, not of a line
+            yield base + match.start(1) - shift, base + match.end(3) - shift, match.group(2) is not None
+        if last:
+            return
+        cut = max(limit + 1, 0)
+        before_window = text[max(0, cut + shift - 2):cut + shift]
+        window, base = window[cut:], base + cut
 
 
 def build_entity(headers: Sequence[tuple[str, str]], body: bytes) -> bytes:
