@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from admin.initialise import initialise
-from bench.common import RSSSampler, vm_kb
+from bench.common import RSSSampler, save_results, vm_kb
 from bench.intake import environment
 from certs.x509 import load_certificate, load_key_and_certificate, read_file
 from gateway.config import load
@@ -285,9 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             report["daemon_large"] = daemon_large(args.daemon_large, work)
             print(f"  daemon     {report['daemon_large']}")
         print(f"  (this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {RESULTS.relative_to(RESULTS.parents[2])}")
+    save_results(RESULTS, report)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from sqlalchemy import text
 
 from admin.initialise import initialise, register_demo_partners
 from bench.as2 import _ephemeral
-from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine
+from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine, save_results
 from bench.intake import invoices
 from gateway.home import Home
 from spool.database import create_engine, upgrade
@@ -355,8 +355,7 @@ class PostroomNodes:
             engine.dispose()
 
     def versions(self) -> dict:
-        return {"postgres": subprocess.run([_bin("postgres"), "--version"], capture_output=True,
-                                           text=True).stdout.strip()}
+        return {"postgres": _postgres_version()}
 
     def stop(self) -> None:
         try:
@@ -464,18 +463,12 @@ class DjangoPyas2:
 
     def versions(self) -> dict:
         names = ("django-pyas2", "pyas2lib", "Django", "gunicorn", "cryptography", "psycopg")
-        pg = subprocess.run([_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
-        return {**_venv_versions(self.python, names, self.env), "postgres": pg}
+        return {**_venv_versions(self.python, names, self.env), "postgres": _postgres_version()}
 
     def stop(self) -> None:
         try:
-            if self.gunicorn is not None and self.gunicorn.poll() is None:
-                self.gunicorn.terminate()
-                try:
-                    self.gunicorn.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.gunicorn.pid, signal.SIGKILL)  # the session we started
-                    self.gunicorn.wait(15)
+            if self.gunicorn is not None:
+                _end(self.gunicorn)
         finally:
             self.pg.stop()
 
@@ -519,13 +512,22 @@ class Pyas2libServer:
         return _venv_versions(self.python, ("pyas2lib", "oscrypto", "cryptography", "pyOpenSSL"), peer_env())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # the session we started
-                self.process.wait(15)
+        _end(self.process)
+
+
+def _end(process: subprocess.Popen) -> None:
+    """Stop a peer started in its own session: SIGTERM, then its whole process group after 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(15)
+
+
+def _postgres_version() -> str:
+    return subprocess.run([_bin("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
 
 
 def _venv_versions(python: Path, names: tuple[str, ...], env: dict) -> dict:
@@ -754,7 +756,6 @@ def main(argv: list[str] | None = None) -> None:
     share = sorted(busiest["threads_cpu_s"].items(), key=lambda kv: -kv[1])
     print(f"\nPostroom CPU by thread at c={busiest['concurrency']}: "
           + ", ".join(f"{k} {v:.2f} s" for k, v in share[:8]))
-    print(f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {time.monotonic() - began:.0f} s")
     report = {"benchmark": "as2_load", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "machine": {**environment(), "filesystem": kind, "load_before": load_before,
                           "load_after": os.getloadavg()},
@@ -765,10 +766,9 @@ def main(argv: list[str] | None = None) -> None:
                              "peer_db": "PostgreSQL, fsync on", "build_s": round(built_s, 1),
                              "client": "http.client threads, keep-alive, TCP_NODELAY", "nodes": args.nodes,
                              "nodes_db": "PostgreSQL, fsync on; one spool; connections round-robin"},
-              "summary": {str(c): row for c, row in table.items()}, "targets": met, "runs": runs}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"results: {RESULTS.relative_to(ROOT)}")
+              "summary": {str(c): row for c, row in table.items()}, "targets": met, "runs": runs,
+              "wall_seconds": round(time.monotonic() - began)}
+    save_results(RESULTS, report, load_before)
 
 
 if __name__ == "__main__":

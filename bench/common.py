@@ -2,6 +2,7 @@
 demo home, and defaults for quick and full runs."""
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -68,6 +69,15 @@ def with_defaults(args: argparse.Namespace, quick: dict, full: dict) -> argparse
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
+
+
+def save_results(path: Path, report: dict, load_before: tuple | None = None) -> None:
+    """Write a benchmark's JSON (machine, parameters, every raw run) and say where, with the load around it."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    load = f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; " if load_before else ""
+    took = f"{report['wall_seconds']} s in all; " if "wall_seconds" in report else ""
+    print(f"\n{load}{took}raw figures in {path.relative_to(ROOT)}")
 
 
 def vm_kb(pid: int, field: str) -> int:

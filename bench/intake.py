@@ -24,7 +24,6 @@ prints each kind of thread. Results: the tables on stdout and ``bench/results/in
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import shutil
@@ -42,7 +41,7 @@ from sqlalchemy import func, select
 from twisted.internet import defer, task
 
 from admin.initialise import initialise
-from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine
+from bench.common import DEFAULT_TMP, MEMORY_FILESYSTEMS, ROOT, filesystem, machine, save_results
 from gateway.committer import GroupCommitter
 from gateway.config import load
 from gateway.home import Home
@@ -350,9 +349,7 @@ def save(args, results: list[dict], serial_disk: float, kind: str, load_before: 
               "parameters": {"messages": args.messages, "warmup": args.warmup, "writers": args.writers,
                              "batches": args.batches, "key_bits": args.key_bits, "invoice_bytes": SIZE},
               "serial_disk_per_s": serial_disk, "runs": results}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {RESULTS.relative_to(ROOT)}")
+    save_results(RESULTS, report, load_before)
 
 
 async def amain(reactor, args) -> None:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.as2 import build_message
-from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, with_defaults, work_folder
+from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, save_results, with_defaults, work_folder
 from bench.intake import invoices
 from gateway.home import Home
 from tests.e2e.daemon import Daemon
@@ -307,10 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                              "poll_ms": args.poll_ms, "grace": args.grace, "payload_bytes": 10 * 1024,
                              "target_p99_ms": TARGET_P99_MS},
               "runs": results, "wall_seconds": round(time.monotonic() - began)}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nload average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
-          f"{report['wall_seconds']} s in all; raw figures in {RESULTS.relative_to(ROOT)}")
+    save_results(RESULTS, report, load_before)
 
 
 if __name__ == "__main__":

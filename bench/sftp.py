@@ -23,7 +23,6 @@ MB means 2**20 bytes. Results: a table on stdout and ``bench/results/sftp.json``
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -50,6 +49,7 @@ from bench.common import (
     filesystem,
     machine,
     require_real_disk,
+    save_results,
     vm_kb,
     with_defaults,
 )
@@ -479,10 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n1 GB paramiko upload to Postroom: {giga.get('mb_per_s')} MB/s, valid {giga['valid']}; daemon RSS "
               f"{giga['rss_before_mb']} MB before, peak {giga['rss_peak_mb']} MB (VmHWM {giga['vm_hwm_mb']} MB), "
               f"growth {giga['rss_growth_mb']} MB")
-    print(f"\nload average {load_before[0]:.2f} before, {report['machine']['load_after'][0]:.2f} after; "
-          f"{report['wall_seconds']} s in all; raw figures in {RESULTS.relative_to(ROOT)}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    save_results(RESULTS, report, load_before)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from bench.common import (
     demo_home,
     filesystem,
     machine,
+    save_results,
     vm_kb,
     with_defaults,
     work_folder,
@@ -464,10 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     invalid = [r for r in runs if not r["valid"]]
     if invalid:
         print(f"\n!!!!! {len(invalid)} INVALID RUN(S): see 'replies' in {RESULTS.relative_to(ROOT)}")
-    print(f"\nload average {load_before[0]:.2f} before, {report['machine']['load_after'][0]:.2f} after; "
-          f"{report['wall_seconds']} s in all; raw figures in {RESULTS.relative_to(ROOT)}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    save_results(RESULTS, report, load_before)
 
 
 if __name__ == "__main__":

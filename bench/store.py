@@ -41,7 +41,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import event, func, insert, select
 
-from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, with_defaults, work_folder
+from bench.common import DEFAULT_TMP, ROOT, demo_home, filesystem, machine, save_results, with_defaults, work_folder
 from bench.intake import invoices
 from gateway.config import load
 from gateway.home import Home
@@ -336,10 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                              "budget_seconds": args.budget,
                              "new_share": 0.05, "payload_bytes": 10 * 1024},
               "sizes": results, "wall_seconds": round(time.monotonic() - began)}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nload average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
-          f"{report['wall_seconds']} s in all; raw figures in {RESULTS.relative_to(ROOT)}")
+    save_results(RESULTS, report, load_before)
 
 
 if __name__ == "__main__":
