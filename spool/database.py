@@ -60,7 +60,7 @@ def _raw(connection):
 
 
 class _OneWriter:
-    """One writing transaction at a time per engine, handed over in the order they asked.
+    """One writing transaction at a time per engine; a waiting writer is woken as soon as it may go.
 
     SQLite has one write lock per file, and a writer that finds it taken sleeps and polls (1, 2, 5, 10 …
     up to 100 ms at a time) instead of being woken when it is free. Under load that sleeping, not the
